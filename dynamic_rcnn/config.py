@@ -1,0 +1,74 @@
+"""Config keys of Dynamic R-CNN, and the start-up check of their values."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_dynamic_rcnn_config", "validate_dynamic_rcnn_config"]
+
+
+def add_dynamic_rcnn_config(cfg):
+    """
+    Add ``MODEL.DYNAMIC_RCNN`` (defaults from the paper) to a detectron2 config, in place.
+
+    ``DynamicROIHeads`` takes its IoU threshold and SmoothL1 beta from these keys: it does not
+    read ``MODEL.ROI_HEADS.IOU_THRESHOLDS`` nor ``MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA``.
+    """
+    _C = cfg
+    _C.MODEL.DYNAMIC_RCNN = CN()
+    # Dynamic Label Assignment: the ROI head's IoU threshold follows the proposals.
+    _C.MODEL.DYNAMIC_RCNN.ENABLE_DLA = True
+    # Dynamic SmoothL1 Loss: the box loss's beta follows the regression errors.
+    _C.MODEL.DYNAMIC_RCNN.ENABLE_DSL = True
+    # K_I: per image, the K_I-th largest proposal IoU is the image's IoU statistic.
+    _C.MODEL.DYNAMIC_RCNN.IOU_TOPK = 75
+    # K_E: per iteration, the (K_E x images)-th smallest regression error is the error statistic.
+    _C.MODEL.DYNAMIC_RCNN.BETA_TOPK = 10
+    # C: iterations between two updates of the threshold and beta.
+    _C.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = 100
+    # Starting IoU threshold, and its floor for the whole training.
+    _C.MODEL.DYNAMIC_RCNN.WARMUP_IOU = 0.4
+    # Starting beta, and its ceiling for the whole training.
+    _C.MODEL.DYNAMIC_RCNN.WARMUP_BETA = 1.0
+
+
+def _fail(key, value, allowed):
+    raise ValueError(f"MODEL.DYNAMIC_RCNN.{key} = {value!r} is invalid: {allowed}.")
+
+
+def validate_dynamic_rcnn_config(cfg):
+    """
+    Check the Dynamic R-CNN keys of a config, so that a bad value fails at start-up with a
+    message that names the key and the allowed range, not thousands of iterations later.
+
+    Raises:
+        KeyError: the config has no ``MODEL.DYNAMIC_RCNN`` (``add_dynamic_rcnn_config`` not called).
+        ValueError: a value is out of range, or the combination is not defined.
+    """
+    if "DYNAMIC_RCNN" not in cfg.MODEL:
+        raise KeyError(
+            "The config has no MODEL.DYNAMIC_RCNN: call dynamic_rcnn.add_dynamic_rcnn_config(cfg) "
+            "before cfg.merge_from_file(...)."
+        )
+    d = cfg.MODEL.DYNAMIC_RCNN
+    for key in ("IOU_TOPK", "BETA_TOPK", "UPDATE_PERIOD"):
+        value = d[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            _fail(key, value, "it must be an integer >= 1")
+    if not 0.0 < float(d.WARMUP_IOU) < 1.0:
+        _fail("WARMUP_IOU", d.WARMUP_IOU, "it must lie in the open interval (0, 1)")
+    if not float(d.WARMUP_BETA) > 0.0:
+        _fail("WARMUP_BETA", d.WARMUP_BETA, "it must be > 0 (beta = 0 is the L1 loss)")
+
+    enabled = d.ENABLE_DLA or d.ENABLE_DSL
+    head = cfg.MODEL.ROI_HEADS.NAME
+    if enabled and head == "CascadeROIHeads":
+        raise ValueError(
+            "MODEL.ROI_HEADS.NAME = 'CascadeROIHeads' cannot be combined with Dynamic R-CNN: its "
+            "stages use the fixed thresholds MODEL.ROI_BOX_CASCADE_HEAD.IOUS. Set MODEL.ROI_HEADS.NAME: "
+            "DynamicROIHeads, or MODEL.DYNAMIC_RCNN.ENABLE_DLA: False and ENABLE_DSL: False."
+        )
+    loss = cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE
+    if head == "DynamicROIHeads" and d.ENABLE_DSL and loss != "smooth_l1":
+        raise ValueError(
+            f"MODEL.DYNAMIC_RCNN.ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "
+            f"'smooth_l1' (Dynamic SmoothL1 Loss moves its beta), but it is {loss!r}. Set the loss "
+            "type to 'smooth_l1', or ENABLE_DSL: False."
+        )

@@ -1,0 +1,101 @@
+"""``Trainer``: detectron2's ``DefaultTrainer`` with Dynamic R-CNN's hook and a COCO evaluator."""
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as _d2_defaults
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.modeling import GeneralizedRCNNWithTTA
+from detectron2.utils import comm
+
+from .config import validate_dynamic_rcnn_config
+from .hook import DynamicRCNNHook, find_tracker
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _ddp_on_the_model_device(device):
+    """
+    detectron2's ``create_ddp_model`` hands ``device_ids=[local_rank]`` to
+    ``DistributedDataParallel`` even for a CPU model, which DDP refuses; for a CPU model it must
+    get ``device_ids=None``. ``DefaultTrainer.__init__`` calls it by its module-level name.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    original = _d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    _d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        _d2_defaults.create_ddp_model = original
+
+
+class Trainer(DefaultTrainer):
+    """
+    ``DefaultTrainer`` that
+
+    - checks the Dynamic R-CNN keys at start-up (a bad value fails here, not at iteration 5000);
+    - registers :class:`DynamicRCNNHook` when the model has ``DynamicROIHeads`` (a baseline
+      config with ``StandardROIHeads`` trains as plain detectron2);
+    - evaluates with detectron2's ``COCOEvaluator`` (any registered dataset);
+    - runs with several processes on the CPU as well as on GPUs.
+    """
+
+    def __init__(self, cfg):
+        validate_dynamic_rcnn_config(cfg)
+        with _ddp_on_the_model_device(cfg.MODEL.DEVICE):
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        if find_tracker(self.model) is not None:
+            # Right after the timer: before the checkpointer, so that a checkpoint holds the
+            # statistics of the iteration it is written at, and before the writers.
+            ret.insert(1, DynamicRCNNHook())
+        else:
+            logger.info(
+                "MODEL.ROI_HEADS.NAME = %s: no Dynamic R-CNN (a baseline run).", self.cfg.MODEL.ROI_HEADS.NAME
+            )
+        return ret
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with detectron2's test-time augmentation (``TEST.AUG``)."""
+        logger.info("Running inference with test-time augmentation ...")
+        model = GeneralizedRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        res = cls.test(cfg, model, evaluators)
+        return OrderedDict({k + "_TTA": v for k, v in res.items()})
+
+    @classmethod
+    def evaluate(cls, cfg, model):
+        """``--eval-only``: plain evaluation, plus TTA when ``TEST.AUG.ENABLED``."""
+        res = cls.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(cls.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
