@@ -83,24 +83,22 @@ def proposal_statistics(
         has both ground truth and proposals.
     """
     max_ious: List[torch.Tensor] = []
-    errors: List[torch.Tensor] = []
+    sources: List[torch.Tensor] = []
+    matched: List[torch.Tensor] = []
     for proposals, gt in zip(proposal_boxes, gt_boxes):
         if len(gt) == 0 or len(proposals) == 0:
             continue
         best_iou, best_gt = pairwise_iou(gt, proposals).max(dim=0)
-        deltas = box2box_transform.get_deltas(proposals.tensor, gt.tensor[best_gt])
-        error = (deltas[:, 0].abs() + deltas[:, 1].abs()) / 2
         max_ious.append(best_iou)
-        # A degenerate (zero-size) proposal has an infinite target: it says nothing of the
-        # error distribution, so it is left out rather than allowed to poison the k-th value.
-        errors.append(error[torch.isfinite(error)])
-    iou = iou_statistic(max_ious, iou_topk)
-    if iou is None:
+        sources.append(proposals.tensor)
+        matched.append(gt.tensor[best_gt])
+    if not max_ious:
         return None
-    error = error_statistic(errors, error_topk)
-    if error is None:
-        return None
-    return iou, error
+    # One call for the whole batch: get_deltas checks its boxes with a device sync.
+    deltas = box2box_transform.get_deltas(torch.cat(sources), torch.cat(matched))
+    error = (deltas[:, 0].abs() + deltas[:, 1].abs()) / 2
+    errors = error.split([len(s) for s in sources])
+    return iou_statistic(max_ious, iou_topk), error_statistic(errors, error_topk)
 
 
 def updated_iou_threshold(iou_stats: Sequence[float], current: float, warmup_iou: float) -> float:

@@ -1,0 +1,92 @@
+"""Tiny configs, models and inputs shared by the tests: small enough for 2 CPU cores."""
+import os
+import tempfile
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, Instances
+
+from dynamic_rcnn import add_dynamic_rcnn_config
+
+# Generated datasets go to a folder of this test session, never to the user's cache.
+os.environ.setdefault("DYNAMIC_RCNN_CACHE", tempfile.mkdtemp(prefix="dynamic_rcnn_test_cache_"))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES_BASE = os.path.join(ROOT, "configs", "shapes", "Base-Shapes-R18-FPN.yaml")
+FEATURE_CHANNELS = 16
+
+
+# The shapes config shrunk to a model and input that train at a few steps per second.
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.FPN.OUT_CHANNELS", FEATURE_CHANNELS,
+    "MODEL.FPN.NORM", "",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 300,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 150,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", 150,
+    "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", 8,
+    "MODEL.ROI_MASK_HEAD.NUM_CONV", 1,
+    "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 4,
+    "DATASETS.TRAIN", ("shapes_tiny_train",),
+    "DATASETS.TEST", (),
+    "INPUT.MIN_SIZE_TRAIN", (128,),
+    "INPUT.MAX_SIZE_TRAIN", 128,
+    "INPUT.MIN_SIZE_TEST", 128,
+    "INPUT.MAX_SIZE_TEST", 128,
+    "SOLVER.IMS_PER_BATCH", 2,
+    "SOLVER.BASE_LR", 0.01,
+    "SOLVER.WARMUP_ITERS", 0,
+    "SOLVER.STEPS", (),
+    "SOLVER.MAX_ITER", 8,
+    "SOLVER.CHECKPOINT_PERIOD", 100000,
+    "DATALOADER.NUM_WORKERS", 0,
+    "SEED", 0,
+]
+
+
+def tiny_cfg(*opts):
+    cfg = get_cfg()
+    add_dynamic_rcnn_config(cfg)
+    cfg.merge_from_file(SHAPES_BASE)
+    cfg.merge_from_list(list(TINY_OPTS) + list(opts))
+    return cfg
+
+
+def roi_input_shape(cfg):
+    return {
+        name: ShapeSpec(channels=FEATURE_CHANNELS, stride=2 ** (int(name[1]))) for name in cfg.MODEL.ROI_HEADS.IN_FEATURES
+    }
+
+
+def roi_features(cfg, image_size=(64, 64), batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = image_size
+    return {
+        name: torch.randn(batch, FEATURE_CHANNELS, h // 2 ** int(name[1]), w // 2 ** int(name[1]), generator=g)
+        for name in cfg.MODEL.ROI_HEADS.IN_FEATURES
+    }
+
+
+def proposals(image_size, boxes):
+    p = Instances(image_size)
+    p.proposal_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    p.objectness_logits = torch.zeros(len(p.proposal_boxes))
+    return p
+
+
+def targets(image_size, boxes, classes=None):
+    t = Instances(image_size)
+    t.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    n = len(t.gt_boxes)
+    t.gt_classes = torch.tensor(classes if classes is not None else [0] * n, dtype=torch.int64)
+    return t
+
+
+@pytest.fixture
+def tmp_output(tmp_path):
+    return str(tmp_path / "output")

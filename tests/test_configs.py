@@ -1,0 +1,47 @@
+import glob
+import os
+
+import pytest
+from detectron2.config import get_cfg
+
+from dynamic_rcnn import add_dynamic_rcnn_config, validate_dynamic_rcnn_config
+
+from conftest import ROOT
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+
+def load(name):
+    cfg = get_cfg()
+    add_dynamic_rcnn_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", name))
+    return cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_loads_and_validates(path):
+    cfg = get_cfg()
+    add_dynamic_rcnn_config(cfg)
+    cfg.merge_from_file(path)
+    validate_dynamic_rcnn_config(cfg)
+
+
+def test_the_configs_say_what_the_paper_says():
+    base = load("dynamic_rcnn_R_50_FPN_1x.yaml")
+    assert base.MODEL.ROI_HEADS.NAME == "DynamicROIHeads"
+    assert base.MODEL.RPN.NMS_THRESH == 0.85
+    assert base.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1"
+    assert (base.MODEL.RESNETS.DEPTH, base.SOLVER.MAX_ITER) == (50, 90000)
+    assert load("dynamic_rcnn_R_101_FPN_2x.yaml").SOLVER.MAX_ITER == 180000
+    ms = load("dynamic_rcnn_R_101_FPN_ms_3x.yaml")
+    assert (ms.MODEL.RESNETS.DEPTH, ms.INPUT.MIN_SIZE_TRAIN_SAMPLING, tuple(ms.INPUT.MIN_SIZE_TRAIN)) == (
+        101, "range", (400, 1200))
+    assert ms.INPUT.MAX_SIZE_TRAIN == 1400
+    assert load("dynamic_mask_rcnn_R_50_FPN_1x.yaml").MODEL.MASK_ON
+    dla = load("dynamic_rcnn_R_50_FPN_1x_dla_only.yaml").MODEL.DYNAMIC_RCNN
+    dsl = load("dynamic_rcnn_R_50_FPN_1x_dsl_only.yaml").MODEL.DYNAMIC_RCNN
+    assert (dla.ENABLE_DLA, dla.ENABLE_DSL, dsl.ENABLE_DLA, dsl.ENABLE_DSL) == (True, False, False, True)
+    baseline = load("faster_rcnn_R_50_FPN_1x.yaml")
+    assert baseline.MODEL.ROI_HEADS.NAME == "StandardROIHeads"
+    assert (baseline.MODEL.ROI_HEADS.IOU_THRESHOLDS, baseline.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA) == ([0.5], 1.0)
+    assert baseline.MODEL.RPN.NMS_THRESH == 0.85

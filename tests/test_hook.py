@@ -1,0 +1,127 @@
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from dynamic_rcnn import DynamicRCNNHook, Trainer
+
+from conftest import tiny_cfg
+
+# A low warm-up IoU and a high warm-up beta, so that the first update moves both off them even
+# on a model that has trained for a few iterations only; one update every 4 iterations.
+OPTS = ["MODEL.DYNAMIC_RCNN.WARMUP_IOU", 0.05, "MODEL.DYNAMIC_RCNN.WARMUP_BETA", 50.0,
+        "MODEL.DYNAMIC_RCNN.IOU_TOPK", 10,
+        "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 4]
+
+
+def train(output_dir, max_iter, resume=False, *opts):
+    cfg = tiny_cfg(*OPTS, "OUTPUT_DIR", output_dir, "SOLVER.MAX_ITER", max_iter, *opts)
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    return trainer
+
+
+def in_force(trainer, name):
+    """{iteration: value} of a scalar the hook wrote."""
+    return {it: v for v, it in trainer.storage.history(f"dynamic_rcnn/{name}").values()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("uninterrupted"))
+    # A checkpoint after every iteration.
+    return out, train(out, 10, False, "SOLVER.CHECKPOINT_PERIOD", 1)
+
+
+def test_trainer_registers_hook_before_checkpointer(uninterrupted):
+    _, trainer = uninterrupted
+    names = [type(h).__name__ for h in trainer._hooks]
+    assert names.index("DynamicRCNNHook") < names.index("PeriodicCheckpointer")
+
+
+def test_hook_writes_four_scalars_every_iteration_and_updates_every_period(uninterrupted):
+    _, trainer = uninterrupted
+    thresholds, betas = in_force(trainer, "iou_threshold"), in_force(trainer, "beta")
+    assert sorted(thresholds) == sorted(betas) == list(range(10))
+    assert sorted(in_force(trainer, "iou_stat")) == list(range(10))  # shapes always have boxes
+    assert sorted(in_force(trainer, "error_stat")) == list(range(10))
+    # Warm-up values until the first update, at iteration 4, constant within a period.
+    assert [thresholds[i] for i in range(4)] == [0.05] * 4 and [betas[i] for i in range(4)] == [50.0] * 4
+    assert thresholds[4] > 0.05 and betas[4] < 50.0
+    assert thresholds[4] == thresholds[7] and betas[4] == betas[7]
+    # The update is the rule of ALGORITHM.md applied to the statistics of iterations 0-3.
+    ious = [in_force(trainer, "iou_stat")[i] for i in range(4)]
+    assert thresholds[4] == pytest.approx(max(0.05, sum(ious) / 4))
+    errors = sorted(in_force(trainer, "error_stat")[i] for i in range(4))
+    assert betas[4] == pytest.approx(min(50.0, (errors[1] + errors[2]) / 2))
+
+
+def test_metrics_json_has_the_scalars(uninterrupted):
+    out, _ = uninterrupted
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f]
+    keys = set().union(*rows)
+    assert {f"dynamic_rcnn/{k}" for k in ("iou_stat", "error_stat", "iou_threshold", "beta")} <= keys
+
+
+def test_checkpoint_holds_state_and_model_weights_stay_standard(uninterrupted):
+    out, _ = uninterrupted
+    ckpt = torch.load(os.path.join(out, "model_0000005.pth"), map_location="cpu", weights_only=False)
+    state = ckpt["trainer"]["hooks"]["DynamicRCNNHook"]
+    assert len(state["window"]) == 2  # iterations 4 and 5 since the update at 4
+    assert not any("tracker" in k for k in ckpt["model"])
+
+
+@pytest.mark.parametrize("checkpoint_iter", [7, 8])
+def test_resume_continues_with_the_values_of_the_uninterrupted_run(uninterrupted, tmp_path, checkpoint_iter):
+    """
+    From the checkpoint after iteration 7 the update at 8 must come from the restored window; the
+    one after iteration 8 was written after that update and must not lose it.
+    """
+    out, full = uninterrupted
+    resumed_dir = str(tmp_path / "resumed")
+    os.makedirs(resumed_dir)
+    name = f"model_{checkpoint_iter:07d}.pth"
+    shutil.copy(os.path.join(out, name), resumed_dir)
+    with open(os.path.join(resumed_dir, "last_checkpoint"), "w") as f:
+        f.write(name)
+    resumed = train(resumed_dir, 10, True)
+    first = checkpoint_iter + 1
+    assert resumed.start_iter == first
+    for key in ("iou_threshold", "beta"):
+        got, want = in_force(resumed, key)[first], in_force(full, key)[first]
+        assert got == pytest.approx(want), key
+    assert in_force(resumed, "iou_threshold")[first] != 0.05  # not the warm-up values
+    assert in_force(resumed, "beta")[first] != 50.0
+
+
+def test_hook_in_a_plain_simple_trainer(tmp_path):
+    from detectron2.engine import SimpleTrainer
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+
+    cfg = tiny_cfg(*OPTS)
+    model = build_model(cfg)
+    trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
+    hook = DynamicRCNNHook()
+    trainer.register_hooks([hook])
+    trainer.train(0, 5)
+    assert hook.tracker is model.roi_heads.tracker
+    assert model.roi_heads.tracker.iou_threshold > 0.05  # updated at iteration 4
+    assert len(trainer.storage.history("dynamic_rcnn/beta").values()) == 5
+
+
+def test_hook_without_dynamic_head_says_what_to_set():
+    from detectron2.engine import SimpleTrainer
+    from detectron2.modeling import build_model
+
+    cfg = tiny_cfg("MODEL.ROI_HEADS.NAME", "StandardROIHeads")
+    model = build_model(cfg)
+    trainer = SimpleTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.register_hooks([DynamicRCNNHook()])
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME: DynamicROIHeads"):
+        trainer.train(0, 1)

@@ -1,0 +1,183 @@
+import copy
+
+import pytest
+import torch
+from detectron2.data.detection_utils import annotations_to_instances
+from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads import StandardROIHeads, build_roi_heads
+from detectron2.utils.events import EventStorage
+
+from dynamic_rcnn import DynamicROIHeads
+from dynamic_rcnn.data import generate_shapes_image
+
+from conftest import proposals, roi_features, roi_input_shape, targets, tiny_cfg
+
+SIZE = (64, 64)
+GT = [[8.0, 8, 40, 40]]
+# IoU with GT: 0.75, 0.5625, 0.375, 0.
+PROPS = [[8.0, 8, 40, 32], [8, 8, 40, 26], [8, 8, 40, 20], [44, 44, 60, 60]]
+
+
+def head_cfg(*opts):
+    # Every proposal sampled, so that labels and losses do not depend on the sampler's draw.
+    return tiny_cfg(
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 512,
+        "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0,
+        "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", False,
+        *opts,
+    )
+
+
+def build_head(cfg):
+    head = build_roi_heads(cfg, roi_input_shape(cfg))
+    head.train()
+    return head
+
+
+def set_window(head, iou_stats, error_stats):
+    for iou, err in zip(iou_stats, error_stats):
+        head.tracker.record(torch.tensor(iou), torch.tensor(err))
+        head.tracker.commit()
+    head.tracker.update()
+
+
+def labels(head):
+    with EventStorage():
+        sampled = head.label_and_sample_proposals([proposals(SIZE, PROPS)], [targets(SIZE, GT)])[0]
+    fg = sampled.gt_classes != head.num_classes
+    return {tuple(b.tolist()): bool(f) for b, f in zip(sampled.proposal_boxes.tensor, fg)}
+
+
+def losses(head, seed=0):
+    torch.manual_seed(seed)
+    feats = roi_features(head_cfg(), SIZE, batch=1)
+    with EventStorage():
+        _, out = head(None, feats, [proposals(SIZE, PROPS)], [targets(SIZE, GT)])
+    return out
+
+
+def test_registered_and_warmup_matcher():
+    head = build_head(head_cfg())
+    assert isinstance(head, DynamicROIHeads) and isinstance(head, StandardROIHeads)
+    assert head.proposal_matcher.thresholds == [float("-inf"), 0.4, float("inf")]
+    assert head.proposal_matcher.labels == [0, 1]
+    assert not head.proposal_matcher.allow_low_quality_matches
+    assert head.box_predictor.smooth_l1_beta == 1.0
+
+
+def test_matcher_uses_updated_threshold_without_ignored_band():
+    head = build_head(head_cfg())
+    before = labels(head)
+    assert list(before.values()) == [True, True, False, False]  # T = 0.4
+    set_window(head, [0.5, 0.7], [0.5, 0.5])  # mean 0.6
+    assert head.tracker.iou_threshold == pytest.approx(0.6)
+    after = labels(head)
+    # Every proposal is kept and labelled: 0.5625 is now background, nothing is ignored.
+    assert list(after.values()) == [True, False, False, False]
+    assert head.proposal_matcher.thresholds[1] == pytest.approx(0.6)
+
+
+def test_box_loss_uses_updated_beta():
+    head = build_head(head_cfg())
+    loss_warmup = losses(head)["loss_box_reg"]
+    set_window(head, [0.3], [0.05])  # IoU mean below the floor: T stays 0.4; beta 0.05
+    assert head.tracker.beta == pytest.approx(0.05) and head.tracker.iou_threshold == 0.4
+    loss_dynamic = losses(head)["loss_box_reg"]
+
+    reference = build_head(head_cfg("MODEL.ROI_HEADS.NAME", "StandardROIHeads",
+                                    "MODEL.ROI_HEADS.IOU_THRESHOLDS", [0.4],
+                                    "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 0.05))
+    reference.load_state_dict(head.state_dict())
+    assert torch.allclose(loss_dynamic, losses(reference)["loss_box_reg"])
+    assert not torch.allclose(loss_dynamic, loss_warmup)
+
+
+@pytest.mark.parametrize("dla, dsl", [(True, False), (False, True)])
+def test_each_part_alone_moves_only_its_value(dla, dsl):
+    head = build_head(head_cfg("MODEL.DYNAMIC_RCNN.ENABLE_DLA", dla, "MODEL.DYNAMIC_RCNN.ENABLE_DSL", dsl))
+    set_window(head, [0.7], [0.1])
+    losses(head)  # a forward applies the tracker's values to the matcher and the loss
+    assert head.proposal_matcher.thresholds[1] == pytest.approx(0.7 if dla else 0.4)
+    assert head.box_predictor.smooth_l1_beta == pytest.approx(0.1 if dsl else 1.0)
+
+
+@pytest.mark.parametrize("append_gt, iou, error", [(True, 1.0, 0.0), (False, 0.75, 10 * 4 / 24 / 2)])
+def test_statistics_see_the_proposals_the_matcher_sees(append_gt, iou, error):
+    head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", append_gt,
+                               "MODEL.DYNAMIC_RCNN.IOU_TOPK", 1, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 1))
+    losses(head)
+    # The appended ground truth counts IoU 1, error 0; without it, the best proposal
+    # [8, 8, 40, 32]: IoU 0.75, dy = 10 * (24 - 20) / 24 = 1.667, dx = 0 -> error 0.833.
+    assert head.tracker.commit() == pytest.approx((iou, error))
+
+
+def test_nothing_recorded_without_ground_truth_or_when_both_parts_off():
+    head = build_head(head_cfg())
+    feats = roi_features(head_cfg(), SIZE, batch=1)
+    with EventStorage():
+        head(None, feats, [proposals(SIZE, PROPS)], [targets(SIZE, [])])
+    assert head.tracker.commit() is None
+    off = build_head(head_cfg("MODEL.DYNAMIC_RCNN.ENABLE_DLA", False, "MODEL.DYNAMIC_RCNN.ENABLE_DSL", False))
+    losses(off)
+    assert off.tracker.commit() is None
+
+
+def shapes_batch(n=2, size=(128, 128), mask=True):
+    batch = []
+    for i in range(n):
+        img, annos = generate_shapes_image(seed=5, index=i, image_size=size)
+        inst = annotations_to_instances(annos, size, mask_format="polygon")
+        if not mask:
+            inst.remove("gt_masks")
+        batch.append({"image": torch.as_tensor(img.transpose(2, 0, 1).copy()), "instances": inst})
+    return batch
+
+
+def model_losses(cfg, weights=None, seed=0):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if weights is not None:
+        model.load_state_dict(weights)
+    model.train()
+    torch.manual_seed(seed)
+    with EventStorage():
+        out = model(shapes_batch(mask=cfg.MODEL.MASK_ON))
+    return model, out
+
+
+@pytest.mark.parametrize("mask_on", [False, True])
+def test_both_parts_off_equals_standard_roi_heads(mask_on):
+    common = ["MODEL.MASK_ON", mask_on, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32]
+    dyn_model, dyn = model_losses(tiny_cfg(*common, "MODEL.DYNAMIC_RCNN.ENABLE_DLA", False,
+                                           "MODEL.DYNAMIC_RCNN.ENABLE_DSL", False))
+    _, std = model_losses(
+        tiny_cfg(*common, "MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS", [0.4],
+                 "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 1.0),
+        weights=copy.deepcopy(dyn_model.state_dict()),
+    )
+    assert set(dyn) == set(std) and ("loss_mask" in dyn) == mask_on
+    for k in dyn:
+        assert torch.allclose(dyn[k], std[k], atol=1e-6), k
+
+
+def test_checkpoint_keys_are_those_of_standard_roi_heads():
+    dyn = build_model(tiny_cfg())
+    std = build_model(tiny_cfg("MODEL.ROI_HEADS.NAME", "StandardROIHeads"))
+    assert dyn.state_dict().keys() == std.state_dict().keys()
+
+
+def test_mask_rcnn_and_class_agnostic_regression_train():
+    cfg = tiny_cfg("MODEL.MASK_ON", True, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True,
+                   "MODEL.DYNAMIC_RCNN.IOU_TOPK", 5)
+    model, out = model_losses(cfg)
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 4
+    assert {"loss_mask", "loss_box_reg", "loss_cls"} <= set(out)
+    sum(out.values()).backward()
+    assert all(torch.isfinite(v) for v in out.values())
+    iou, err = model.roi_heads.tracker.commit()
+    assert 0.0 < iou <= 1.0 and err >= 0.0
+    # Inference is StandardROIHeads': masks come out.
+    model.eval()
+    with torch.no_grad():
+        pred = model([{"image": shapes_batch(1)[0]["image"]}])[0]["instances"]
+    assert pred.has("pred_masks") or len(pred) == 0

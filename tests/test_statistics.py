@@ -1,0 +1,75 @@
+import pytest
+import torch
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes
+
+from dynamic_rcnn.statistics import (
+    BETA_COLLAPSE_GUARD,
+    error_statistic,
+    iou_statistic,
+    proposal_statistics,
+    updated_beta,
+    updated_iou_threshold,
+)
+
+T = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
+GT = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+# IoU with GT: 1, 0.5, 0.25, 0; error (|dx| + |dy|) / 2 with weights 10, 10: 0, 2.5, 5, 20.
+IMAGE1 = Boxes(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 5, 5], [20, 20, 30, 30]]))
+IMAGE2 = Boxes(torch.tensor([[0.0, 0, 5, 5]]))  # IoU 0.25, error 5
+
+
+def test_iou_statistic_is_mean_of_per_image_kth_largest():
+    ious = [torch.tensor([0.25, 1.0, 0.0, 0.5]), torch.tensor([0.3])]
+    # image 1: 2nd largest 0.5; image 2 has fewer than K_I values: its smallest, 0.3.
+    assert iou_statistic(ious, topk=2).item() == pytest.approx((0.5 + 0.3) / 2)
+    assert iou_statistic(ious, topk=1).item() == pytest.approx((1.0 + 0.3) / 2)
+    assert iou_statistic([], topk=2) is None
+    assert iou_statistic([torch.zeros(0)], topk=2) is None
+
+
+def test_error_statistic_is_kth_smallest_over_the_batch():
+    errors = [torch.tensor([20.0, 0.0, 5.0, 2.5]), torch.tensor([5.0])]
+    assert error_statistic(errors, topk=1).item() == pytest.approx(2.5)  # k = 1 x 2 images
+    assert error_statistic(errors, topk=2).item() == pytest.approx(5.0)  # k = 4
+    assert error_statistic(errors, topk=10).item() == pytest.approx(20.0)  # k = min(20, 5)
+    assert error_statistic([torch.zeros(0)], topk=1) is None
+
+
+def test_proposal_statistics_on_hand_made_boxes():
+    no_gt = Boxes(torch.zeros(0, 4))
+    iou, err = proposal_statistics([IMAGE1, IMAGE2, IMAGE1], [GT, GT, no_gt], T, iou_topk=2, error_topk=1)
+    # The image without ground truth contributes nothing: mean of 0.5 and 0.25; k = 1 x 2.
+    assert iou.item() == pytest.approx((0.5 + 0.25) / 2)
+    assert err.item() == pytest.approx(2.5)
+    iou, err = proposal_statistics([IMAGE1, IMAGE2], [GT, GT], T, iou_topk=75, error_topk=10)
+    assert iou.item() == pytest.approx((0.0 + 0.25) / 2)  # fewer proposals than K_I: the smallest
+    assert err.item() == pytest.approx(20.0)
+
+
+def test_proposal_statistics_best_matching_ground_truth():
+    gts = Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]))
+    props = Boxes(torch.tensor([[21.0, 20, 31, 30]]))  # matches the second box: IoU 9/11, dx = 10 * -1 / 10
+    iou, err = proposal_statistics([props], [gts], T, iou_topk=1, error_topk=1)
+    assert iou.item() == pytest.approx(90 / 110)
+    assert err.item() == pytest.approx(0.5)
+
+
+def test_proposal_statistics_none_without_ground_truth_or_proposals():
+    assert proposal_statistics([IMAGE1], [Boxes(torch.zeros(0, 4))], T, 2, 1) is None
+    assert proposal_statistics([Boxes(torch.zeros(0, 4))], [GT], T, 2, 1) is None
+
+
+def test_iou_threshold_is_window_mean_with_warmup_floor():
+    assert updated_iou_threshold([0.5, 0.6, 0.7], current=0.4, warmup_iou=0.4) == pytest.approx(0.6)
+    assert updated_iou_threshold([0.1, 0.2], current=0.55, warmup_iou=0.4) == pytest.approx(0.4)
+    assert updated_iou_threshold([], current=0.55, warmup_iou=0.4) == 0.55
+
+
+def test_beta_is_window_median_with_warmup_ceiling_and_guard():
+    assert updated_beta([0.3, 0.1, 5.0], current=1.0, warmup_beta=1.0) == pytest.approx(0.3)
+    assert updated_beta([0.2, 0.4], current=1.0, warmup_beta=1.0) == pytest.approx(0.3)
+    assert updated_beta([3.0, 4.0], current=0.5, warmup_beta=1.0) == pytest.approx(1.0)
+    tiny = BETA_COLLAPSE_GUARD / 10
+    assert updated_beta([0.0, 0.0, tiny], current=0.3, warmup_beta=1.0) == 0.3
+    assert updated_beta([], current=0.3, warmup_beta=1.0) == 0.3
