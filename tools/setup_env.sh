@@ -16,6 +16,8 @@ set -euo pipefail
 VENV=${1:-.venv}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON_BIN=${PYTHON:-python3}
+# torch's and detectron2's import-time FutureWarnings are noise in the checks below.
+export PYTHONWARNINGS=ignore
 say() { printf '[setup] %s\n' "$*"; }
 
 if [ ! -x "$VENV/bin/python" ]; then
