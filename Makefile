@@ -18,7 +18,7 @@ test-fast: env
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: env
-	$(PY) train_net.py --config-file configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml
+	$(PY) tools/run_demo.py
 
 clean:
 	rm -rf output .pytest_cache

@@ -1,34 +1,33 @@
 #!/usr/bin/env python
 """
-Dynamic R-CNN training and evaluation script, detectron2's train_net.py with the project's
-config keys and Trainer (DefaultTrainer + DynamicRCNNHook + COCO evaluation).
+Dynamic R-CNN training and evaluation script: detectron2's train_net.py with the project's config
+keys and Trainer (DefaultTrainer + DynamicRCNNHook + COCO-style evaluation with AP50-AP90).
 
     python train_net.py --config-file configs/dynamic_rcnn_R_50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file ... --resume
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file ... --train-json a.json --train-images imgs/ --test-json ...
 """
-import logging
+import warnings
 
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
-import dynamic_rcnn  # noqa: F401  (registers DynamicROIHeads and the built-in datasets)
-from dynamic_rcnn import Trainer, add_dynamic_rcnn_config, validate_dynamic_rcnn_config
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from dynamic_rcnn import Trainer  # noqa: E402  (importing registers DynamicROIHeads and the datasets)
+from dynamic_rcnn.config import load_config  # noqa: E402
+from dynamic_rcnn.data import register_from_args  # noqa: E402
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_dynamic_rcnn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger("dynamic_rcnn").warning("MODEL.DEVICE=%s but no GPU is visible: using the CPU.", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
-    validate_dynamic_rcnn_config(cfg)
+    cfg = load_config(args.config_file, args.opts)
+    register_from_args(args, cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
     return cfg
 
 
@@ -46,8 +45,18 @@ def main(args):
     return trainer.train()
 
 
+def argument_parser():
+    parser = default_argument_parser()
+    group = parser.add_argument_group("your own COCO-format data (registered as user_train / user_test)")
+    group.add_argument("--train-json", help="COCO instances json of the training set")
+    group.add_argument("--train-images", help="folder of the training images")
+    group.add_argument("--test-json", help="COCO instances json of the evaluation set")
+    group.add_argument("--test-images", help="folder of the evaluation images")
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

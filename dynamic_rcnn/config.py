@@ -1,7 +1,7 @@
 """Config keys of Dynamic R-CNN, and the start-up check of their values."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_dynamic_rcnn_config", "validate_dynamic_rcnn_config"]
+__all__ = ["add_dynamic_rcnn_config", "validate_dynamic_rcnn_config", "load_config"]
 
 
 def add_dynamic_rcnn_config(cfg):
@@ -72,3 +72,30 @@ def validate_dynamic_rcnn_config(cfg):
             f"'smooth_l1' (Dynamic SmoothL1 Loss moves its beta), but it is {loss!r}. Set the loss "
             "type to 'smooth_l1', or ENABLE_DSL: False."
         )
+
+
+def load_config(config_file: str, opts=()):
+    """
+    The config a project script runs with: detectron2's defaults, ``MODEL.DYNAMIC_RCNN``, the file,
+    then ``opts`` (``KEY VALUE`` pairs). ``MODEL.DEVICE`` falls back to ``cpu`` (with a warning)
+    when it names CUDA and no GPU is visible. The Dynamic R-CNN keys are checked. Not frozen.
+    """
+    import logging
+    import os
+
+    import torch
+    from detectron2.config import get_cfg
+
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file} does not exist")
+    cfg = get_cfg()
+    add_dynamic_rcnn_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning(
+            "MODEL.DEVICE=%s but no GPU is visible: using the CPU.", cfg.MODEL.DEVICE
+        )
+        cfg.MODEL.DEVICE = "cpu"
+    validate_dynamic_rcnn_config(cfg)
+    return cfg

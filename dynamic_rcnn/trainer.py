@@ -7,11 +7,12 @@ from collections import OrderedDict
 import torch
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as _d2_defaults
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation import verify_results
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 
 from .config import validate_dynamic_rcnn_config
+from .evaluation import HighIoUCOCOEvaluator, format_ap_table
 from .hook import DynamicRCNNHook, find_tracker
 
 __all__ = ["Trainer"]
@@ -49,7 +50,7 @@ class Trainer(DefaultTrainer):
     - checks the Dynamic R-CNN keys at start-up (a bad value fails here, not at iteration 5000);
     - registers :class:`DynamicRCNNHook` when the model has ``DynamicROIHeads`` (a baseline
       config with ``StandardROIHeads`` trains as plain detectron2);
-    - evaluates with detectron2's ``COCOEvaluator`` (any registered dataset);
+    - evaluates with detectron2's ``COCOEvaluator`` plus AP50-AP90 (any registered dataset);
     - runs with several processes on the CPU as well as on GPUs.
     """
 
@@ -74,7 +75,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        return HighIoUCOCOEvaluator(dataset_name, output_dir=output_folder)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
@@ -98,4 +99,5 @@ class Trainer(DefaultTrainer):
             res.update(cls.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
+            logger.info("Evaluation of %s:\n%s", cfg.MODEL.WEIGHTS, format_ap_table(res))
         return res

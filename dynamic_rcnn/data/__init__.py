@@ -1,9 +1,34 @@
-"""Built-in datasets, registered in detectron2's catalogs when ``dynamic_rcnn`` is imported."""
+"""
+Datasets: built-in ones registered in detectron2's catalogs when ``dynamic_rcnn`` is imported,
+and functions that register your own VOC-layout folders and COCO json files.
+"""
+import logging
+import os
+
 from detectron2.data import DatasetCatalog
 
+from .coco import load_coco_instances, register_coco
+from .sanitize import sanitize_dataset_dicts
 from .shapes import SHAPES_CLASSES, generate_shapes_image, load_shapes, register_shapes
+from .voc import BCCD_CLASSES, load_voc_instances, register_voc
 
-__all__ = ["SHAPES_CLASSES", "generate_shapes_image", "load_shapes", "register_shapes", "register_builtin"]
+__all__ = [
+    "SHAPES_CLASSES",
+    "BCCD_CLASSES",
+    "generate_shapes_image",
+    "load_shapes",
+    "register_shapes",
+    "load_voc_instances",
+    "register_voc",
+    "load_coco_instances",
+    "register_coco",
+    "sanitize_dataset_dicts",
+    "bccd_root",
+    "register_builtin",
+    "register_from_args",
+]
+
+logger = logging.getLogger(__name__)
 
 # name: (number of images, seed); different seeds keep the splits disjoint.
 _SHAPES_SPLITS = {
@@ -11,9 +36,58 @@ _SHAPES_SPLITS = {
     "shapes_val": (100, 1),
     "shapes_tiny_train": (16, 2),  # for tests and smoke runs
 }
+_BCCD_SPLITS = ("train", "val", "trainval", "test")
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def bccd_root():
+    """The BCCD folder: ``$DYNAMIC_RCNN_DATASETS/BCCD``, else ``../shared/data/BCCD`` beside the project; or None."""
+    candidates = []
+    if os.environ.get("DYNAMIC_RCNN_DATASETS"):
+        candidates.append(os.path.join(os.environ["DYNAMIC_RCNN_DATASETS"], "BCCD"))
+    candidates.append(os.path.join(_PROJECT_ROOT, "..", "shared", "data", "BCCD"))
+    for path in candidates:
+        if os.path.isdir(os.path.join(path, "Annotations")):
+            return os.path.normpath(path)
+    return None
 
 
 def register_builtin() -> None:
+    registered = set(DatasetCatalog.list())
     for name, (n, seed) in _SHAPES_SPLITS.items():
-        if name not in DatasetCatalog.list():
+        if name not in registered:
             register_shapes(name, n, seed)
+    root = bccd_root()
+    if root is not None:
+        for split in _BCCD_SPLITS:
+            if f"bccd_{split}" not in registered:
+                register_voc(f"bccd_{split}", root, split, BCCD_CLASSES)
+
+
+def register_from_args(args, cfg) -> None:
+    """
+    ``--train-json/--train-images`` and ``--test-json/--test-images`` of ``train_net.py``: register
+    the pairs as ``user_train`` / ``user_test``, use them as ``DATASETS.TRAIN`` / ``DATASETS.TEST``
+    and set ``MODEL.ROI_HEADS.NUM_CLASSES`` to their number of categories.
+    """
+    from detectron2.data import MetadataCatalog
+
+    for split, key in (("train", "TRAIN"), ("test", "TEST")):
+        json_file, images = getattr(args, f"{split}_json", None), getattr(args, f"{split}_images", None)
+        if not json_file and not images:
+            continue
+        if not (json_file and images):
+            raise ValueError(f"--{split}-json and --{split}-images go together: give both")
+        for path in (json_file, images):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} (given to --{split}-json/--{split}-images) does not exist")
+        name = f"user_{split}"
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco(name, json_file, images)
+        cfg.DATASETS[key] = (name,)
+        num_classes = len(MetadataCatalog.get(name).thing_classes)
+        if cfg.MODEL.ROI_HEADS.NUM_CLASSES != num_classes:
+            logger.info("MODEL.ROI_HEADS.NUM_CLASSES = %d, the categories of %s", num_classes, json_file)
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes

@@ -1,0 +1,81 @@
+"""Any PASCAL VOC layout folder as a detectron2 dataset, and BCCD from it."""
+import logging
+import os
+import xml.etree.ElementTree as ET
+from typing import Dict, List, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+from .sanitize import sanitize_dataset_dicts
+
+__all__ = ["load_voc_instances", "register_voc", "BCCD_CLASSES"]
+
+logger = logging.getLogger(__name__)
+
+BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
+UNKNOWN_CLASS = -1
+
+
+def _text(node, path, default=None):
+    found = node.find(path)
+    return found.text.strip() if found is not None and found.text else default
+
+
+def load_voc_instances(root: str, split: str, class_names: Sequence[str], name: str = None) -> List[Dict]:
+    """
+    Read ``root/ImageSets/Main/{split}.txt``, ``root/Annotations/*.xml`` and ``root/JPEGImages``.
+
+    Boxes use VOC's 1-based pixel indexes (as detectron2's own VOC loader, 1 is taken off the
+    minimum corner of boxes that have an extent). Broken annotations are mended or dropped by ``sanitize_dataset_dicts``, with a
+    one-line summary; an unreadable XML file drops its image and is counted too.
+    """
+    split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    if not os.path.isfile(split_file):
+        raise FileNotFoundError(f"{split_file} does not exist: is {root} a PASCAL VOC layout folder?")
+    with open(split_file) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    index = {c: i for i, c in enumerate(class_names)}
+    dicts, unreadable = [], 0
+    for image_id in ids:
+        xml_file = os.path.join(root, "Annotations", f"{image_id}.xml")
+        try:
+            tree = ET.parse(xml_file).getroot()
+        except (OSError, ET.ParseError) as e:
+            logger.warning("%s: skipping %s: %s", name or root, xml_file, e)
+            unreadable += 1
+            continue
+        file_name = _text(tree, "filename") or f"{image_id}.jpg"
+        record = {
+            "file_name": os.path.join(root, "JPEGImages", os.path.basename(file_name)),
+            "image_id": image_id,
+            "height": int(float(_text(tree, "size/height", 0))) or None,
+            "width": int(float(_text(tree, "size/width", 0))) or None,
+            "annotations": [],
+        }
+        for obj in tree.findall("object"):
+            box = [float(_text(obj, f"bndbox/{k}", "nan")) for k in ("xmin", "ymin", "xmax", "ymax")]
+            # A box whose corners coincide as written (BCCD has two) has zero area, whatever
+            # the pixel convention: it is left so for the sanitizer to drop and count.
+            if box[2] > box[0] and box[3] > box[1]:
+                box[0] -= 1.0
+                box[1] -= 1.0
+            record["annotations"].append(
+                {
+                    "bbox": box,
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": index.get(_text(obj, "name"), UNKNOWN_CLASS),
+                    "iscrowd": 0,
+                }
+            )
+        dicts.append(record)
+    if unreadable:
+        logger.warning("%s: %d unreadable annotation files skipped", name or root, unreadable)
+    return sanitize_dataset_dicts(dicts, name or f"{root}:{split}", len(class_names))
+
+
+def register_voc(name: str, root: str, split: str, class_names: Sequence[str]) -> None:
+    """Register a VOC layout folder's split as ``name``, evaluated with COCO-style AP."""
+    class_names = list(class_names)
+    DatasetCatalog.register(name, lambda: load_voc_instances(root, split, class_names, name))
+    MetadataCatalog.get(name).set(thing_classes=class_names, dirname=root, split=split, evaluator_type="coco")

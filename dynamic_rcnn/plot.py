@@ -1,0 +1,118 @@
+"""
+Draw a run's Dynamic R-CNN dynamics and losses from its ``metrics.json``::
+
+    python -m dynamic_rcnn.plot OUTPUT_DIR [--out DIR]
+
+writes ``dynamics.png`` (IoU threshold and beta against iteration, with the statistics behind
+them: the paper's Fig. 5 in spirit) and ``losses.png``. Works for any run whose hooks wrote
+detectron2's ``metrics.json``, your own trainer's included.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Tuple
+
+__all__ = ["read_metrics", "plot_dynamics", "plot_losses", "main"]
+
+Series = Dict[str, List[Tuple[int, float]]]
+
+
+def read_metrics(path: str) -> Series:
+    """
+    ``{scalar name: [(iteration, value), ...]}`` from a ``metrics.json`` (one JSON object a line).
+    A resumed run writes some iterations twice: the last value wins. Unreadable lines are skipped.
+    """
+    by_iter: Dict[str, Dict[int, float]] = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            it = row.get("iteration")
+            if not isinstance(it, int):
+                continue
+            for key, value in row.items():
+                if key != "iteration" and isinstance(value, (int, float)):
+                    by_iter.setdefault(key, {})[it] = float(value)
+    return {k: sorted(v.items()) for k, v in by_iter.items()}
+
+
+def _figure(rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 3.2 * rows), sharex=True, squeeze=False)
+    return plt, fig, axes[:, 0]
+
+
+def plot_dynamics(series: Series, out_file: str) -> bool:
+    """Draw ``dynamics.png``; False (nothing drawn) when the run has no Dynamic R-CNN scalars."""
+    panels = [
+        ("dynamic_rcnn/iou_threshold", "dynamic_rcnn/iou_stat", "IoU threshold", "IoU statistic (K_I-th IoU)"),
+        ("dynamic_rcnn/beta", "dynamic_rcnn/error_stat", "SmoothL1 beta", "error statistic (K_E-th error)"),
+    ]
+    if not any(value in series for value, *_ in panels):
+        return False
+    plt, fig, axes = _figure(2)
+    for ax, (value, stat, value_label, stat_label) in zip(axes, panels):
+        if stat in series:
+            xs, ys = zip(*series[stat])
+            ax.plot(xs, ys, ".", color="0.6", markersize=3, label=stat_label)
+        if value in series:
+            xs, ys = zip(*series[value])
+            ax.step(xs, ys, where="post", color="C3", linewidth=2, label=value_label)
+        ax.set_ylabel(value_label)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    axes[0].set_title("Dynamic R-CNN: settings in force and the proposal statistics behind them")
+    axes[-1].set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_losses(series: Series, out_file: str) -> bool:
+    """Draw ``losses.png`` (every ``loss_*`` and ``total_loss``); False when there is none."""
+    keys = sorted(k for k in series if k.startswith("loss_") or k == "total_loss")
+    if not keys:
+        return False
+    plt, fig, axes = _figure(1)
+    for key in keys:
+        xs, ys = zip(*series[key])
+        axes[0].plot(xs, ys, label=key, linewidth=2 if key == "total_loss" else 1)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("iteration")
+    axes[0].set_ylabel("loss")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a training output folder holding metrics.json")
+    parser.add_argument("--out", help="where to write the figures (default: run_dir)")
+    args = parser.parse_args(argv)
+    metrics = os.path.join(args.run_dir, "metrics.json")
+    if not os.path.isfile(metrics):
+        print(f"error: {metrics} does not exist: give the OUTPUT_DIR of a training run", file=sys.stderr)
+        return 2
+    series = read_metrics(metrics)
+    out = args.out or args.run_dir
+    os.makedirs(out, exist_ok=True)
+    for name, draw in (("dynamics.png", plot_dynamics), ("losses.png", plot_losses)):
+        path = os.path.join(out, name)
+        print(f"wrote {path}" if draw(series, path) else f"skipped {name}: no scalars for it in {metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+import json
+import logging
+import os
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+from dynamic_rcnn.data import (
+    BCCD_CLASSES,
+    bccd_root,
+    generate_shapes_image,
+    load_coco_instances,
+    load_voc_instances,
+    sanitize_dataset_dicts,
+)
+
+
+def test_shapes_are_deterministic_and_seeds_differ():
+    img1, annos1 = generate_shapes_image(seed=3, index=7, image_size=(96, 128))
+    img2, annos2 = generate_shapes_image(seed=3, index=7, image_size=(96, 128))
+    assert img1.shape == (96, 128, 3) and img1.dtype == np.uint8
+    assert np.array_equal(img1, img2) and annos1 == annos2
+    img3, _ = generate_shapes_image(seed=4, index=7, image_size=(96, 128))
+    assert not np.array_equal(img1, img3)
+
+
+def test_shapes_have_exact_boxes_small_objects_and_crowds():
+    counts, sides = [], []
+    for i in range(60):
+        _, annos = generate_shapes_image(seed=0, index=i, image_size=(256, 256))
+        counts.append(len(annos))
+        for a in annos:
+            x0, y0, x1, y1 = a["bbox"]
+            assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256
+            poly = np.array(a["segmentation"][0]).reshape(-1, 2)
+            # The box is the polygon's extent: exact, not loose.
+            assert poly[:, 0].min() == pytest.approx(x0) and poly[:, 0].max() == pytest.approx(x1)
+            assert poly[:, 1].min() == pytest.approx(y0) and poly[:, 1].max() == pytest.approx(y1)
+            assert a["category_id"] in (0, 1, 2)
+            sides.append(max(x1 - x0, y1 - y0))
+    assert max(counts) >= 12  # crowded images
+    assert min(counts) >= 1
+    assert sum(s < 16 for s in sides) >= 0.15 * len(sides)  # small objects
+
+
+def test_builtin_datasets_are_registered():
+    import dynamic_rcnn  # noqa: F401
+
+    for name in ("shapes_train", "shapes_val", "shapes_tiny_train"):
+        assert name in DatasetCatalog.list()
+        assert MetadataCatalog.get(name).thing_classes == ["circle", "square", "triangle"]
+    records = DatasetCatalog.get("shapes_tiny_train")
+    assert len(records) == 16 and all(os.path.isfile(r["file_name"]) for r in records)
+    img = cv2.imread(records[0]["file_name"])
+    assert img.shape == (records[0]["height"], records[0]["width"], 3)
+
+
+def _record(tmp_path, annos, exists=True, name="a.jpg"):
+    path = tmp_path / name
+    if exists:
+        path.write_bytes(b"x")
+    return {"file_name": str(path), "image_id": name, "height": 100, "width": 200, "annotations": annos}
+
+
+def _box(x0, y0, x1, y1, cls=0):
+    return {"bbox": [x0, y0, x1, y1], "bbox_mode": BoxMode.XYXY_ABS, "category_id": cls, "iscrowd": 0}
+
+
+def test_sanitize_mends_or_drops_each_kind_and_says_so(tmp_path, caplog):
+    dicts = [
+        _record(tmp_path, [
+            _box(10, 10, 50, 50),              # fine
+            _box(150, 50, 250, 120),           # partly outside: clipped to [150, 50, 200, 100]
+            _box(20, 20, 20, 40),              # zero area
+            _box(300, 300, 350, 350),          # wholly outside: zero area after clipping
+            _box(10, 10, 30, 30, cls=7),       # unknown class
+            _box(float("nan"), 0, 10, 10),     # no valid coordinates
+            {"bbox": [5, 5, 10, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1, "iscrowd": 0},
+        ]),
+        _record(tmp_path, [_box(1, 1, 5, 5)], exists=False, name="missing.jpg"),
+    ]
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        out = sanitize_dataset_dicts(dicts, "mine", num_classes=2)
+    assert len(out) == 1
+    boxes = [a["bbox"] for a in out[0]["annotations"]]
+    assert boxes == [[10, 10, 50, 50], [150, 50, 200, 100], [5, 5, 15, 25]]
+    assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in out[0]["annotations"])
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mine:")]
+    assert line == [
+        "mine: 1 images, 3 boxes; mended or dropped: 1 boxes clipped to the image, 1 boxes of unknown "
+        "classes, 1 boxes without valid coordinates, 1 missing image files, 2 zero-area boxes"
+    ]
+    assert len(dicts[0]["annotations"]) == 7  # the input is left as it was
+
+
+VOC_XML = """<annotation><filename>{name}.jpg</filename><size><width>64</width><height>48</height></size>
+{objects}</annotation>"""
+VOC_OBJ = "<object><name>{cls}</name><bndbox><xmin>{0}</xmin><ymin>{1}</ymin><xmax>{2}</xmax><ymax>{3}</ymax></bndbox></object>"
+
+
+def make_voc(root, images):
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for name, objects, has_image in images:
+        if objects is None:  # an unreadable XML file
+            xml = "<annotation><broken"
+        else:
+            xml = VOC_XML.format(name=name, objects="".join(VOC_OBJ.format(*b, cls=c) for c, b in objects))
+        with open(os.path.join(root, "Annotations", f"{name}.xml"), "w") as f:
+            f.write(xml)
+        if has_image:
+            cv2.imwrite(os.path.join(root, "JPEGImages", f"{name}.jpg"), np.zeros((48, 64, 3), np.uint8))
+    with open(os.path.join(root, "ImageSets", "Main", "train.txt"), "w") as f:
+        f.write("\n".join(n for n, _, _ in images) + "\n")
+
+
+def test_voc_folder_with_broken_annotations(tmp_path, caplog):
+    root = str(tmp_path / "voc")
+    make_voc(root, [
+        ("img1", [("cat", (1, 1, 10, 10)), ("dog", (5, 5, 5, 5)), ("zebra", (1, 1, 9, 9)), ("cat", (50, 40, 80, 60))], True),
+        ("img2", [("dog", (2, 3, 20, 30))], False),
+        ("img3", None, True),
+    ])
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        dicts = load_voc_instances(root, "train", ["cat", "dog"], name="myvoc")
+    assert [d["image_id"] for d in dicts] == ["img1"]
+    annos = dicts[0]["annotations"]
+    assert [a["bbox"] for a in annos] == [[0.0, 0.0, 10.0, 10.0], [49.0, 39.0, 64.0, 48.0]]
+    assert [a["category_id"] for a in annos] == [0, 0]
+    text = caplog.text
+    assert "unreadable annotation files" in text
+    assert "myvoc: 1 images, 2 boxes; mended or dropped: 1 boxes clipped to the image, 1 boxes of unknown classes, 1 missing image files, 1 zero-area boxes" in text
+    with pytest.raises(FileNotFoundError, match="PASCAL VOC layout"):
+        load_voc_instances(root, "nosuchsplit", ["cat"])
+
+
+@pytest.mark.skipif(bccd_root() is None, reason="BCCD not found (../shared/data/BCCD or $DYNAMIC_RCNN_DATASETS/BCCD)")
+def test_bccd_splits_drop_its_two_zero_area_boxes(caplog):
+    import dynamic_rcnn  # noqa: F401
+
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        sizes = {s: len(DatasetCatalog.get(f"bccd_{s}")) for s in ("train", "val", "trainval", "test")}
+    assert sizes == {"train": 205, "val": 87, "trainval": 292, "test": 72}
+    assert "bccd_trainval: 292 images, 3941 boxes; mended or dropped: 2 zero-area boxes" in caplog.text
+    assert MetadataCatalog.get("bccd_test").thing_classes == BCCD_CLASSES
+
+
+def test_coco_json_maps_ids_and_drops_broken(tmp_path, caplog):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((40, 50, 3), np.uint8))
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 50},
+                   {"id": 2, "file_name": "gone.png", "height": 40, "width": 50}],
+        "categories": [{"id": 9, "name": "b"}, {"id": 5, "name": "a"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "bbox": [1, 2, 10, 10], "category_id": 9, "iscrowd": 0, "area": 100},
+            {"id": 2, "image_id": 1, "bbox": [3, 3, 10, 10], "category_id": 5, "iscrowd": 0, "area": 100},
+            {"id": 3, "image_id": 1, "bbox": [3, 3, 10, 10], "category_id": 77, "iscrowd": 0, "area": 100},
+            {"id": 4, "image_id": 1, "bbox": [45, 30, 20, 20], "category_id": 5, "iscrowd": 0, "area": 400},
+            {"id": 5, "image_id": 2, "bbox": [3, 3, 10, 10], "category_id": 5, "iscrowd": 0, "area": 100},
+        ],
+    }
+    json_file = tmp_path / "train.json"
+    json_file.write_text(json.dumps(data))
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        dicts = load_coco_instances(str(json_file), str(images), "mycoco")
+    assert len(dicts) == 1
+    annos = dicts[0]["annotations"]
+    # Categories sorted by id: 5 -> 0 ("a"), 9 -> 1 ("b").
+    assert [(a["category_id"], a["bbox"]) for a in annos] == [
+        (1, [1, 2, 11, 12]), (0, [3, 3, 13, 13]), (0, [45, 30, 50, 40])]
+    assert "1 boxes clipped to the image, 1 boxes of unknown classes, 1 missing image files" in caplog.text

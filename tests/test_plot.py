@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from dynamic_rcnn.plot import main, plot_dynamics, read_metrics
+
+
+def write_metrics(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+
+
+def test_read_metrics_keeps_last_value_of_resumed_iterations(tmp_path):
+    path = str(tmp_path / "metrics.json")
+    write_metrics(path, [
+        {"iteration": 19, "dynamic_rcnn/iou_threshold": 0.4, "loss_cls": 1.0},
+        {"iteration": 39, "dynamic_rcnn/iou_threshold": 0.45, "loss_cls": 0.8},
+        "not json {",
+        {"iteration": 39, "dynamic_rcnn/iou_threshold": 0.46, "loss_cls": 0.7},  # resumed run
+        {"iteration": 40, "bbox/AP": 12.5},
+    ])
+    series = read_metrics(path)
+    assert series["dynamic_rcnn/iou_threshold"] == [(19, 0.4), (39, 0.46)]
+    assert series["loss_cls"] == [(19, 1.0), (39, 0.7)]
+    assert series["bbox/AP"] == [(40, 12.5)]
+
+
+def test_plot_writes_pngs_and_skips_baseline_runs(tmp_path, capsys):
+    rows = [{"iteration": i, "dynamic_rcnn/iou_threshold": 0.4 + i / 1000, "dynamic_rcnn/iou_stat": 0.5,
+             "dynamic_rcnn/beta": 1.0 - i / 1000, "dynamic_rcnn/error_stat": 0.3, "loss_box_reg": 1.0 / (i + 1),
+             "total_loss": 2.0 / (i + 1)} for i in range(0, 100, 20)]
+    write_metrics(str(tmp_path / "metrics.json"), rows)
+    assert main([str(tmp_path)]) == 0
+    for name in ("dynamics.png", "losses.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    baseline = read_metrics(str(tmp_path / "metrics.json"))
+    baseline = {k: v for k, v in baseline.items() if not k.startswith("dynamic_rcnn/")}
+    assert plot_dynamics(baseline, str(tmp_path / "none.png")) is False
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_plot_names_a_missing_run(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "metrics.json does not exist" in capsys.readouterr().err
