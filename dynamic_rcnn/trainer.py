@@ -1,9 +1,15 @@
 """``Trainer``: detectron2's ``DefaultTrainer`` with Dynamic R-CNN's hook and a COCO evaluator."""
 import contextlib
+import json
 import logging
 import os
+import platform
+import resource
+import time
 from collections import OrderedDict
+from typing import Tuple
 
+import detectron2
 import torch
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as _d2_defaults
@@ -43,6 +49,46 @@ def _ddp_on_the_model_device(device):
         _d2_defaults.create_ddp_model = original
 
 
+def peak_memory_mb(device) -> Tuple[float, str]:
+    """The process's peak memory so far, in MiB, and what it measures."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, "torch.cuda.max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak resident set size of the process"
+
+
+def machine_description(device) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name()} (x{comm.get_world_size()})"
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def write_train_summary(cfg, step_times, wall_seconds: float) -> dict:
+    """
+    Write ``OUTPUT_DIR/train_summary.json``, what the model zoo and the benchmarks report of a run:
+    ``s_per_iter`` is the median of detectron2's per-iteration ``time`` (the training step, data
+    loading and hooks excluded), ``wall_seconds`` the whole ``train()`` call, final evaluation included.
+    """
+    memory, memory_kind = peak_memory_mb(cfg.MODEL.DEVICE)
+    step_times = sorted(step_times)
+    summary = {
+        "iterations": len(step_times),
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+        "s_per_iter": round(step_times[len(step_times) // 2], 4) if step_times else None,
+        "train_step_seconds": round(sum(step_times), 1),
+        "wall_seconds": round(wall_seconds, 1),
+        "peak_memory_mb": round(memory, 1),
+        "peak_memory_kind": memory_kind,
+        "machine": machine_description(cfg.MODEL.DEVICE),
+        "world_size": comm.get_world_size(),
+        "torch": torch.__version__,
+        "detectron2": detectron2.__version__,
+    }
+    with open(os.path.join(cfg.OUTPUT_DIR, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
 class Trainer(DefaultTrainer):
     """
     ``DefaultTrainer`` that
@@ -51,7 +97,8 @@ class Trainer(DefaultTrainer):
     - registers :class:`DynamicRCNNHook` when the model has ``DynamicROIHeads`` (a baseline
       config with ``StandardROIHeads`` trains as plain detectron2);
     - evaluates with detectron2's ``COCOEvaluator`` plus AP50-AP90 (any registered dataset);
-    - runs with several processes on the CPU as well as on GPUs.
+    - runs with several processes on the CPU as well as on GPUs;
+    - writes ``OUTPUT_DIR/train_summary.json`` (iterations, wall time, peak memory, machine).
     """
 
     def __init__(self, cfg):
@@ -70,6 +117,18 @@ class Trainer(DefaultTrainer):
                 "MODEL.ROI_HEADS.NAME = %s: no Dynamic R-CNN (a baseline run).", self.cfg.MODEL.ROI_HEADS.NAME
             )
         return ret
+
+    def train(self):
+        """Train; returns the final evaluation's results (``DefaultTrainer`` returns them only with
+        ``TEST.EXPECTED_RESULTS``)."""
+        start = time.perf_counter()
+        results = super().train()
+        if results is None:
+            results = getattr(self, "_last_eval_results", None)
+        if comm.is_main_process():
+            times = [t for t, _ in self.storage.history("time").values()] if "time" in self.storage.histories() else []
+            write_train_summary(self.cfg, times, time.perf_counter() - start)
+        return results
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

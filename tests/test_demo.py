@@ -86,3 +86,20 @@ def test_eval_only_returns_the_ap_table(weights, tmp_path):
     res = train_net.main(args)
     assert {"AP", "AP50", "AP60", "AP70", "AP80", "AP90", "APs", "APm", "APl"} <= set(res["bbox"])
     assert os.path.isfile(os.path.join(str(tmp_path), "inference", "shapes_tiny_train", "ap_table.json"))
+
+
+@pytest.mark.slow
+def test_main_job_leaves_model_metrics_plots_and_drawings(tmp_path, capsys):
+    """tools/run_demo.py (`make demo`) on the tiny model: every promised file, and the summary."""
+    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(ROOT, "tools", "run_demo.py"))
+    run_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_demo)
+    out = tmp_path / "demo"
+    assert run_demo.main(["--num-images", "2", *OPTS, "SOLVER.MAX_ITER", "6",
+                          "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", "3", "OUTPUT_DIR", str(out)]) == 0
+    for name in ("model_final.pth", "metrics.json", "dynamics.png", "losses.png", "train_summary.json",
+                 "inference/shapes_tiny_train/ap_table.md"):
+        assert (out / name).is_file(), name
+    assert len(os.listdir(out / "predictions")) == 2
+    printed = capsys.readouterr().out
+    assert "Dynamic R-CNN demo done" in printed and "AP90" in printed and str(out / "dynamics.png") in printed

@@ -30,11 +30,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# name: (number of images, seed); different seeds keep the splits disjoint.
+# name: (number of images, seed, (height, width)); different seeds keep the splits disjoint.
 _SHAPES_SPLITS = {
-    "shapes_train": (1000, 0),
-    "shapes_val": (100, 1),
-    "shapes_tiny_train": (16, 2),  # for tests and smoke runs
+    "shapes_train": (1000, 0, (192, 192)),
+    "shapes_val": (100, 1, (192, 192)),
+    "shapes_tiny_train": (16, 2, (128, 128)),  # for tests and smoke runs
 }
 _BCCD_SPLITS = ("train", "val", "trainval", "test")
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,9 +54,9 @@ def bccd_root():
 
 def register_builtin() -> None:
     registered = set(DatasetCatalog.list())
-    for name, (n, seed) in _SHAPES_SPLITS.items():
+    for name, (n, seed, size) in _SHAPES_SPLITS.items():
         if name not in registered:
-            register_shapes(name, n, seed)
+            register_shapes(name, n, seed, size)
     root = bccd_root()
     if root is not None:
         for split in _BCCD_SPLITS:

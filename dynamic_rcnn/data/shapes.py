@@ -23,7 +23,7 @@ from detectron2.structures import BoxMode
 __all__ = ["SHAPES_CLASSES", "generate_shapes_image", "load_shapes", "register_shapes", "shapes_cache_dir"]
 
 SHAPES_CLASSES = ["circle", "square", "triangle"]
-_FORMAT_VERSION = 1  # bump when the generator changes: cached images are then made anew
+_FORMAT_VERSION = 3  # bump when the generator changes: cached images are then made anew
 
 
 def shapes_cache_dir() -> str:
@@ -88,8 +88,10 @@ def generate_shapes_image(seed: int, index: int, image_size: Tuple[int, int]) ->
         if len(annos) == n:
             break
         cls = int(rng.integers(0, 3))
-        size = float(np.exp(rng.uniform(np.log(8), np.log(min(h, w) * 0.4))))
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        size = float(np.exp(rng.uniform(np.log(8), np.log(min(h, w) * 0.3))))
+        # Mostly inside the image: a shape cut in half by the border is a different shape.
+        margin = 0.3 * size
+        cx, cy = rng.uniform(margin, max(margin + 1, w - margin)), rng.uniform(margin, max(margin + 1, h - margin))
         poly = _polygon(rng, cls, cx, cy, size)
         poly[:, 0] = np.clip(poly[:, 0], 0, w)
         poly[:, 1] = np.clip(poly[:, 1], 0, h)

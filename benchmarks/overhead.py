@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""
+Training overhead of Dynamic R-CNN against the standard ROI head: same model, same initial weights,
+same batches. ``DynamicROIHeads`` (DLA and DSL on, updates every ``--period`` iterations, driven by
+``DynamicRCNNHook``) and ``StandardROIHeads`` take training steps in turn (A B A B ...) in one
+process after warm-up; the script prints the median step time of each and their ratio, and the
+peak memory of each and their ratio.
+
+    python benchmarks/overhead.py --preset tiny  [--steps 20]        # shapes R-18-FPN, 192 px, 4 images
+    python benchmarks/overhead.py --preset r50-coco --steps 3        # R-50-FPN, 800 x 1216, 2 images
+
+Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` per step; on the CPU, where torch keeps no
+allocator statistics, the peak resident set size of a separate process per variant running the
+same steps (``--memory-steps``).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PRESETS = {
+    "tiny": {
+        "config": "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml",
+        "image_size": (192, 192),
+        "opts": [],
+    },
+    "r50-coco": {
+        "config": "configs/dynamic_rcnn_R_50_FPN_1x.yaml",
+        "image_size": (800, 1216),
+        "opts": ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", 2, "MODEL.ROI_HEADS.NUM_CLASSES", 80],
+    },
+}
+
+
+def build(preset, head, device, period):
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+
+    from dynamic_rcnn.config import load_config
+
+    p = PRESETS[preset]
+    opts = list(p["opts"]) + ["MODEL.DEVICE", device, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", period]
+    if head == "standard":
+        # The baseline the dynamic head starts from: IoU 0.4 (warm-up), SmoothL1 beta 1.0.
+        opts += ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS", [0.4],
+                 "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 1.0]
+    cfg = load_config(os.path.join(ROOT, p["config"]), opts)
+    torch.manual_seed(0)
+    model = build_model(cfg)  # same seed: the same initial weights for both heads
+    return cfg, model, build_optimizer(cfg, model)
+
+
+def make_batches(preset, n, ims_per_batch):
+    """Synthetic `shapes` images at the preset's input size, with their boxes and classes."""
+    import torch
+    from detectron2.data.detection_utils import annotations_to_instances
+
+    from dynamic_rcnn.data import generate_shapes_image
+
+    size = PRESETS[preset]["image_size"]
+    batches = []
+    for b in range(n):
+        batch = []
+        for i in range(ims_per_batch):
+            img, annos = generate_shapes_image(seed=123, index=b * ims_per_batch + i, image_size=size)
+            inst = annotations_to_instances(annos, size)
+            batch.append({"image": torch.as_tensor(img.transpose(2, 0, 1).copy()), "instances": inst})
+        batches.append(batch)
+    return batches
+
+
+class Runner:
+    """One model trained step by step as detectron2's SimpleTrainer does, with its hooks."""
+
+    def __init__(self, cfg, model, optimizer, batches):
+        from detectron2.engine import SimpleTrainer
+        from detectron2.utils.events import EventStorage
+
+        from dynamic_rcnn import DynamicRCNNHook
+        from dynamic_rcnn.hook import find_tracker
+
+        model.train()
+        self.trainer = SimpleTrainer(model, batches, optimizer)
+        if find_tracker(model) is not None:
+            self.trainer.register_hooks([DynamicRCNNHook()])
+        self.storage = EventStorage(0)
+        self.trainer.storage = self.storage
+        self.trainer.iter = 0
+        with self.storage:
+            self.trainer.before_train()
+        self.device = cfg.MODEL.DEVICE
+
+    def step(self):
+        import torch
+
+        t = self.trainer
+        with self.storage:
+            self.storage.iter = t.iter
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            t.before_step()
+            t.run_step()
+            t.after_step()
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            t.iter += 1
+        memory = torch.cuda.max_memory_allocated() / 2**20 if self.device.startswith("cuda") else None
+        return elapsed, memory
+
+
+def timing(args):
+    import torch
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    heads = ("dynamic", "standard")
+    runners = {}
+    for head in heads:
+        cfg, model, opt = build(args.preset, head, args.device, args.period)
+        batches = make_batches(args.preset, args.steps + args.warmup, cfg.SOLVER.IMS_PER_BATCH)
+        runners[head] = Runner(cfg, model, opt, iter(batches * 2))
+    times = {h: [] for h in heads}
+    memory = {h: [] for h in heads}
+    for i in range(args.warmup + args.steps):
+        for head in heads:
+            elapsed, mem = runners[head].step()
+            if i >= args.warmup:
+                times[head].append(elapsed)
+                if mem is not None:
+                    memory[head].append(mem)
+        print(f"step {i + 1}/{args.warmup + args.steps}: " + ", ".join(f"{h} {times[h][-1] if times[h] else 0:.3f} s" for h in heads), file=sys.stderr)
+    tracker = runners["dynamic"].trainer.model.roi_heads.tracker
+    return times, memory, tracker
+
+
+def memory_child(args):
+    """--memory-child HEAD: run the steps for one head, print this process's peak RSS in MiB."""
+    cfg, model, opt = build(args.preset, args.memory_child, args.device, args.period)
+    batches = make_batches(args.preset, args.memory_steps, cfg.SOLVER.IMS_PER_BATCH)
+    runner = Runner(cfg, model, opt, iter(batches))
+    for _ in range(args.memory_steps):
+        runner.step()
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def cpu_memory(args):
+    peaks = {}
+    for head in ("dynamic", "standard"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--preset", args.preset, "--device", args.device,
+               "--period", str(args.period), "--memory-steps", str(args.memory_steps), "--memory-child", head]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        peaks[head] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    return peaks
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--steps", type=int, default=20, help="measured steps of each head")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps of each head first")
+    parser.add_argument("--period", type=int, default=5, help="UPDATE_PERIOD: updates happen while measuring")
+    parser.add_argument("--memory-steps", type=int, default=5, help="CPU: steps of each memory process")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--memory-child", choices=("dynamic", "standard"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.memory_child:
+        memory_child(args)
+        return 0
+
+    times, memory, tracker = timing(args)
+    med = {h: statistics.median(v) for h, v in times.items()}
+    if args.device.startswith("cuda"):
+        peak = {h: max(v) for h, v in memory.items()}
+        memory_kind = "torch.cuda.max_memory_allocated"
+        machine = torch.cuda.get_device_name()
+    else:
+        peak = cpu_memory(args)
+        memory_kind = f"peak RSS of a process running {args.memory_steps} steps"
+        machine = f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    result = {
+        "preset": args.preset,
+        "machine": machine,
+        "steps_each": args.steps,
+        "median_step_s": med,
+        "time_ratio": med["dynamic"] / med["standard"],
+        "peak_memory_mb": peak,
+        "memory_ratio": peak["dynamic"] / peak["standard"],
+        "memory_kind": memory_kind,
+        "dynamic_state_after": {"iou_threshold": tracker.iou_threshold, "beta": tracker.beta},
+    }
+    print(f"preset {args.preset} on {machine}, {args.steps} steps each, A B alternating after {args.warmup} warm-up")
+    print(f"  median step   dynamic {med['dynamic']:.4f} s   standard {med['standard']:.4f} s   ratio {result['time_ratio']:.4f}")
+    print(f"  peak memory   dynamic {peak['dynamic']:.1f} MiB  standard {peak['standard']:.1f} MiB  ratio {result['memory_ratio']:.4f}  ({memory_kind})")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""
+Turn a training run into a model-zoo release:
+
+    python tools/publish_model.py RUN_DIR --name NAME [--checkpoint model_final.pth] [--out releases/]
+
+Keeps the model weights (drops optimizer, scheduler and trainer state), embeds the run's
+config.yaml, and writes ``OUT/NAME_<first 8 hex of sha256>.pth`` and ``OUT/NAME.metrics.json``
+(AP table, schedule, iterations, s/iter, peak memory, machine, detectron2 and torch versions).
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import warnings
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def collect_metrics(run_dir: str) -> dict:
+    """What the run says of itself: its AP tables, its train_summary.json and its schedule."""
+    ap = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "inference", "*", "ap_table.json"))):
+        ap.update(_read_json(path))
+    summary_file = os.path.join(run_dir, "train_summary.json")
+    summary = _read_json(summary_file) if os.path.isfile(summary_file) else {}
+    return {"ap": ap, "train": summary}
+
+
+def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_final.pth") -> dict:
+    import torch
+    from detectron2.config import CfgNode
+
+    from dynamic_rcnn.model_zoo import sha256_of
+
+    ckpt_path = checkpoint if os.path.isabs(checkpoint) else os.path.join(run_dir, checkpoint)
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    for path, what in ((ckpt_path, "checkpoint"), (cfg_path, "config.yaml (written by train_net.py)")):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} does not exist: RUN_DIR must hold the run's {what}")
+    try:
+        checkpoint_data = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{ckpt_path} is not a readable checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(checkpoint_data, dict) or "model" not in checkpoint_data:
+        raise ValueError(f"{ckpt_path} has no 'model' entry: not a detectron2 checkpoint")
+    with open(cfg_path) as f:
+        cfg_text = f.read()
+    cfg = CfgNode.load_cfg(cfg_text)
+
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".pth", dir=out_dir)
+    os.close(fd)
+    torch.save({"model": checkpoint_data["model"], "cfg": cfg_text, "__author__": "dynamic_rcnn"}, tmp)
+    digest = sha256_of(tmp)
+    file_name = f"{name}_{digest[:8]}.pth"
+    os.replace(tmp, os.path.join(out_dir, file_name))
+
+    collected = collect_metrics(run_dir)
+    metrics = {
+        "name": name,
+        "checkpoint": file_name,
+        "sha256": digest,
+        "size_mb": round(os.path.getsize(os.path.join(out_dir, file_name)) / 2**20, 2),
+        "config": os.path.relpath(cfg_path),
+        "datasets": {"train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)},
+        "schedule": {
+            "max_iter": cfg.SOLVER.MAX_ITER,
+            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+            "base_lr": cfg.SOLVER.BASE_LR,
+            "steps": list(cfg.SOLVER.STEPS),
+        },
+        "roi_heads": cfg.MODEL.ROI_HEADS.NAME,
+        "dynamic_rcnn": dict(cfg.MODEL.get("DYNAMIC_RCNN", {})),
+        **collected,
+    }
+    with open(os.path.join(out_dir, f"{name}.metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="the OUTPUT_DIR of a training run")
+    parser.add_argument("--name", required=True, help="release name, e.g. dynamic_rcnn_R_18_FPN_shapes")
+    parser.add_argument("--checkpoint", default="model_final.pth", help="checkpoint in RUN_DIR (or a path)")
+    parser.add_argument("--out", default=None, help="release folder (default: $DYNAMIC_RCNN_RELEASES or releases/)")
+    args = parser.parse_args(argv)
+    from dynamic_rcnn.model_zoo import release_dir
+
+    try:
+        metrics = publish(args.run_dir, args.name, args.out or release_dir(), args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {metrics['checkpoint']} ({metrics['size_mb']} MB, sha256 {metrics['sha256']}) and {args.name}.metrics.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
