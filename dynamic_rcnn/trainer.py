@@ -62,16 +62,17 @@ def machine_description(device) -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def write_train_summary(cfg, step_times, wall_seconds: float) -> dict:
+def write_train_summary(cfg, iterations: int, step_times, wall_seconds: float) -> dict:
     """
     Write ``OUTPUT_DIR/train_summary.json``, what the model zoo and the benchmarks report of a run:
-    ``s_per_iter`` is the median of detectron2's per-iteration ``time`` (the training step, data
-    loading and hooks excluded), ``wall_seconds`` the whole ``train()`` call, final evaluation included.
+    ``s_per_iter`` is the median of detectron2's per-iteration ``time`` (the training step; data
+    loading and hooks excluded; detectron2 leaves the first iterations out), ``wall_seconds`` the
+    whole ``train()`` call, final evaluation included.
     """
     memory, memory_kind = peak_memory_mb(cfg.MODEL.DEVICE)
     step_times = sorted(step_times)
     summary = {
-        "iterations": len(step_times),
+        "iterations": iterations,
         "max_iter": cfg.SOLVER.MAX_ITER,
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "s_per_iter": round(step_times[len(step_times) // 2], 4) if step_times else None,
@@ -127,7 +128,7 @@ class Trainer(DefaultTrainer):
             results = getattr(self, "_last_eval_results", None)
         if comm.is_main_process():
             times = [t for t, _ in self.storage.history("time").values()] if "time" in self.storage.histories() else []
-            write_train_summary(self.cfg, times, time.perf_counter() - start)
+            write_train_summary(self.cfg, self.iter - self.start_iter, times, time.perf_counter() - start)
         return results
 
     @classmethod
