@@ -62,6 +62,7 @@ def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_fina
     digest = sha256_of(tmp)
     file_name = f"{name}_{digest[:8]}.pth"
     os.replace(tmp, os.path.join(out_dir, file_name))
+    os.chmod(os.path.join(out_dir, file_name), 0o644)  # mkstemp makes it private
 
     collected = collect_metrics(run_dir)
     metrics = {
