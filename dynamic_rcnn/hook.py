@@ -37,7 +37,9 @@ class DynamicRCNNHook(HookBase):
     Before iterations ``k * UPDATE_PERIOD`` (k >= 1) it updates the threshold and beta from the
     window of the ``UPDATE_PERIOD`` iterations before. A checkpoint written after iteration
     ``k * UPDATE_PERIOD - 1`` thus holds the full window, and a run resumed from it makes the same
-    update at the same iteration: the place of this hook among the trainer's hooks does not matter.
+    update at the same iteration. Register it before ``PeriodicCheckpointer`` (``Trainer`` does; the
+    hook warns otherwise), so that a checkpoint also holds the statistics of the iteration it is
+    written at.
 
     Its ``state_dict`` is the tracker's state, saved and restored with the trainer's state
     (``DefaultTrainer``'s checkpointer does this; with your own ``DetectionCheckpointer``, pass
