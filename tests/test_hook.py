@@ -125,3 +125,21 @@ def test_hook_without_dynamic_head_says_what_to_set():
     trainer.register_hooks([DynamicRCNNHook()])
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME: DynamicROIHeads"):
         trainer.train(0, 1)
+
+
+def test_hook_after_the_checkpointer_warns(tmp_path, caplog):
+    import logging
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import SimpleTrainer, hooks
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+
+    cfg = tiny_cfg(*OPTS)
+    model = build_model(cfg)
+    trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
+    checkpointer = DetectionCheckpointer(model, str(tmp_path), trainer=trainer)
+    trainer.register_hooks([hooks.PeriodicCheckpointer(checkpointer, 100), DynamicRCNNHook()])
+    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+        trainer.train(0, 1)
+    assert "registered after PeriodicCheckpointer" in caplog.text
