@@ -19,6 +19,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from dynamic_rcnn import Trainer  # noqa: E402  (importing registers DynamicROIHeads and the datasets)
 from dynamic_rcnn.config import load_config  # noqa: E402
+from dynamic_rcnn.trainer import load_checkpoint  # noqa: E402
 from dynamic_rcnn.data import register_from_args  # noqa: E402
 
 
@@ -35,9 +36,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        load_checkpoint(DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR), cfg.MODEL.WEIGHTS, args.resume)
         return Trainer.evaluate(cfg, model)
 
     trainer = Trainer(cfg)

@@ -90,6 +90,23 @@ def write_train_summary(cfg, iterations: int, step_times, wall_seconds: float) -
     return summary
 
 
+def load_checkpoint(checkpointer, weights: str, resume: bool):
+    """
+    ``checkpointer.resume_or_load(weights, resume)``, with a failure that names the file: a missing,
+    truncated or foreign checkpoint is refused with its path instead of a bare traceback.
+    """
+    path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else weights
+    if not path:
+        return checkpointer.resume_or_load(weights, resume=resume)  # nothing to load: from scratch
+    try:
+        return checkpointer.resume_or_load(weights, resume=resume)
+    except Exception as e:
+        raise RuntimeError(
+            f"Cannot load the checkpoint {path}: {type(e).__name__}: {e}. Check the path given to "
+            "MODEL.WEIGHTS (or the last_checkpoint file in OUTPUT_DIR with --resume)."
+        ) from e
+
+
 class Trainer(DefaultTrainer):
     """
     ``DefaultTrainer`` that
@@ -130,6 +147,13 @@ class Trainer(DefaultTrainer):
             times = [t for t, _ in self.storage.history("time").values()] if "time" in self.storage.histories() else []
             write_train_summary(self.cfg, self.iter - self.start_iter, times, time.perf_counter() - start)
         return results
+
+    def resume_or_load(self, resume=True):
+        """``DefaultTrainer.resume_or_load``; a checkpoint that cannot be loaded is named in the error."""
+        load_checkpoint(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume)
+        if resume and self.checkpointer.has_checkpoint():
+            # The checkpoint's iteration is the one trained last: go on from the next.
+            self.start_iter = self.iter + 1
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

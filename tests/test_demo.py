@@ -103,3 +103,20 @@ def test_main_job_leaves_model_metrics_plots_and_drawings(tmp_path, capsys):
     assert len(os.listdir(out / "predictions")) == 2
     printed = capsys.readouterr().out
     assert "Dynamic R-CNN demo done" in printed and "AP90" in printed and str(out / "dynamics.png") in printed
+
+
+@pytest.mark.parametrize("content", [None, b"\x00not a checkpoint"])
+def test_eval_only_and_training_refuse_a_bad_checkpoint_with_its_path(tmp_path, content):
+    from dynamic_rcnn import Trainer
+
+    bad = tmp_path / "bad.pth"
+    if content is not None:
+        bad.write_bytes(content)
+    train_net = load_script("train_net")
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", CONFIG, "--eval-only", *OPTS, "MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(RuntimeError, match=f"Cannot load the checkpoint {bad}"):
+        train_net.main(args)
+    trainer = Trainer(tiny_cfg("MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path / "train")))
+    with pytest.raises(RuntimeError, match=f"Cannot load the checkpoint {bad}"):
+        trainer.resume_or_load(resume=False)
