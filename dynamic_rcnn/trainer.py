@@ -95,12 +95,10 @@ def load_checkpoint(checkpointer, weights: str, resume: bool):
     ``checkpointer.resume_or_load(weights, resume)``, with a failure that names the file: a missing,
     truncated or foreign checkpoint is refused with its path instead of a bare traceback.
     """
-    path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else weights
-    if not path:
-        return checkpointer.resume_or_load(weights, resume=resume)  # nothing to load: from scratch
     try:
         return checkpointer.resume_or_load(weights, resume=resume)
     except Exception as e:
+        path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else weights
         raise RuntimeError(
             f"Cannot load the checkpoint {path}: {type(e).__name__}: {e}. Check the path given to "
             "MODEL.WEIGHTS (or the last_checkpoint file in OUTPUT_DIR with --resume)."
