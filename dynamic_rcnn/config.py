@@ -1,7 +1,14 @@
 """Config keys of Dynamic R-CNN, and the start-up check of their values."""
+import logging
+import os
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 __all__ = ["add_dynamic_rcnn_config", "validate_dynamic_rcnn_config", "load_config"]
+
+logger = logging.getLogger(__name__)
 
 
 def add_dynamic_rcnn_config(cfg):
@@ -80,12 +87,6 @@ def load_config(config_file: str, opts=()):
     then ``opts`` (``KEY VALUE`` pairs). ``MODEL.DEVICE`` falls back to ``cpu`` (with a warning)
     when it names CUDA and no GPU is visible. The Dynamic R-CNN keys are checked. Not frozen.
     """
-    import logging
-    import os
-
-    import torch
-    from detectron2.config import get_cfg
-
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file {config_file} does not exist")
     cfg = get_cfg()
@@ -93,7 +94,7 @@ def load_config(config_file: str, opts=()):
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning(
+        logger.warning(
             "MODEL.DEVICE=%s but no GPU is visible: using the CPU.", cfg.MODEL.DEVICE
         )
         cfg.MODEL.DEVICE = "cpu"

@@ -12,6 +12,7 @@ reads ``file_name`` works on them.
 import json
 import math
 import os
+import shutil
 import tempfile
 from typing import Dict, List, Tuple
 
@@ -144,8 +145,6 @@ def load_shapes(num_images: int, seed: int, image_size: Tuple[int, int] = (256, 
         try:
             os.rename(tmp, folder)
         except OSError:  # another process made it first
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     with open(index_file) as f:
         records = json.load(f)
