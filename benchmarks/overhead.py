@@ -37,7 +37,10 @@ PRESETS = {
     "r50-coco": {
         "config": "configs/dynamic_rcnn_R_50_FPN_1x.yaml",
         "image_size": (800, 1216),
-        "opts": ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", 2, "MODEL.ROI_HEADS.NUM_CLASSES", 80],
+        # No ImageNet weights here: from random weights FrozenBN blows up at once, so the backbone
+        # normalises with BN in training mode (the time of the ROI head, which is compared, is unchanged).
+        "opts": ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", 2, "MODEL.ROI_HEADS.NUM_CLASSES", 80,
+                 "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", 0, "SOLVER.BASE_LR", 0.002],
     },
 }
 
