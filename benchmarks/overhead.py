@@ -28,6 +28,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from dynamic_rcnn.hook import find_tracker  # noqa: E402
+
 PRESETS = {
     "tiny": {
         "config": "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml",
@@ -91,8 +93,6 @@ class Runner:
         from detectron2.utils.events import EventStorage
 
         from dynamic_rcnn import DynamicRCNNHook
-        from dynamic_rcnn.hook import find_tracker
-
         model.train()
         self.trainer = SimpleTrainer(model, batches, optimizer)
         if find_tracker(model) is not None:
@@ -129,24 +129,26 @@ def timing(args):
     import torch
 
     torch.set_num_threads(args.threads) if args.threads else None
-    heads = ("dynamic", "standard")
+    # --control: the standard head against a second copy of itself, the noise floor of the method.
+    heads = ("standard", "standard (copy)") if args.control else ("dynamic", "standard")
     runners = {}
     for head in heads:
-        cfg, model, opt = build(args.preset, head, args.device, args.period)
+        cfg, model, opt = build(args.preset, head.split()[0], args.device, args.period)
         batches = make_batches(args.preset, args.steps + args.warmup, cfg.SOLVER.IMS_PER_BATCH)
         runners[head] = Runner(cfg, model, opt, iter(batches * 2))
     times = {h: [] for h in heads}
     memory = {h: [] for h in heads}
     for i in range(args.warmup + args.steps):
-        for head in heads:
+        # A B, then B A: neither head always takes the first step of a pair.
+        for head in heads if i % 2 == 0 else heads[::-1]:
             elapsed, mem = runners[head].step()
             if i >= args.warmup:
                 times[head].append(elapsed)
                 if mem is not None:
                     memory[head].append(mem)
-        print(f"step {i + 1}/{args.warmup + args.steps}: " + ", ".join(f"{h} {times[h][-1] if times[h] else 0:.3f} s" for h in heads), file=sys.stderr)
-    tracker = runners["dynamic"].trainer.model.roi_heads.tracker
-    return times, memory, tracker
+        print(f"step {i + 1}/{args.warmup + args.steps}: " + ", ".join(f"{h} {times[h][-1] if times[h] else 0:.4f} s" for h in heads), file=sys.stderr)
+    tracker = find_tracker(runners[heads[0]].trainer.model)
+    return heads, times, memory, tracker
 
 
 def memory_child(args):
@@ -159,11 +161,12 @@ def memory_child(args):
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def cpu_memory(args):
+def cpu_memory(args, heads):
     peaks = {}
-    for head in ("dynamic", "standard"):
+    for head in heads:
         cmd = [sys.executable, os.path.abspath(__file__), "--preset", args.preset, "--device", args.device,
-               "--period", str(args.period), "--memory-steps", str(args.memory_steps), "--memory-child", head]
+               "--period", str(args.period), "--memory-steps", str(args.memory_steps),
+               "--memory-child", head.split()[0]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         peaks[head] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
     return peaks
@@ -178,6 +181,8 @@ def main(argv=None):
     parser.add_argument("--period", type=int, default=5, help="UPDATE_PERIOD: updates happen while measuring")
     parser.add_argument("--memory-steps", type=int, default=5, help="CPU: steps of each memory process")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--control", action="store_true",
+                        help="time the standard head against a copy of itself (the noise floor)")
     parser.add_argument("--memory-child", choices=("dynamic", "standard"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
@@ -187,30 +192,35 @@ def main(argv=None):
         memory_child(args)
         return 0
 
-    times, memory, tracker = timing(args)
+    heads, times, memory, tracker = timing(args)
+    a, b = heads
     med = {h: statistics.median(v) for h, v in times.items()}
+    paired = statistics.median(x / y for x, y in zip(times[a], times[b]))
     if args.device.startswith("cuda"):
         peak = {h: max(v) for h, v in memory.items()}
         memory_kind = "torch.cuda.max_memory_allocated"
         machine = torch.cuda.get_device_name()
     else:
-        peak = cpu_memory(args)
+        peak = cpu_memory(args, heads)
         memory_kind = f"peak RSS of a process running {args.memory_steps} steps"
         machine = f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     result = {
         "preset": args.preset,
+        "heads": list(heads),
         "machine": machine,
         "steps_each": args.steps,
         "median_step_s": med,
-        "time_ratio": med["dynamic"] / med["standard"],
+        "time_ratio": med[a] / med[b],
+        "median_paired_ratio": paired,
         "peak_memory_mb": peak,
-        "memory_ratio": peak["dynamic"] / peak["standard"],
+        "memory_ratio": peak[a] / peak[b],
         "memory_kind": memory_kind,
-        "dynamic_state_after": {"iou_threshold": tracker.iou_threshold, "beta": tracker.beta},
+        "dynamic_state_after": None if tracker is None else {"iou_threshold": tracker.iou_threshold, "beta": tracker.beta},
     }
-    print(f"preset {args.preset} on {machine}, {args.steps} steps each, A B alternating after {args.warmup} warm-up")
-    print(f"  median step   dynamic {med['dynamic']:.4f} s   standard {med['standard']:.4f} s   ratio {result['time_ratio']:.4f}")
-    print(f"  peak memory   dynamic {peak['dynamic']:.1f} MiB  standard {peak['standard']:.1f} MiB  ratio {result['memory_ratio']:.4f}  ({memory_kind})")
+    print(f"preset {args.preset} on {machine}, {args.steps} steps each, A B / B A alternating after {args.warmup} warm-up")
+    print(f"  median step   {a} {med[a]:.4f} s   {b} {med[b]:.4f} s   ratio {result['time_ratio']:.4f}"
+          f"   (median of paired ratios {paired:.4f})")
+    print(f"  peak memory   {a} {peak[a]:.1f} MiB  {b} {peak[b]:.1f} MiB  ratio {result['memory_ratio']:.4f}  ({memory_kind})")
     print(json.dumps(result))
     return 0
 

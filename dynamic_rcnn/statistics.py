@@ -14,6 +14,8 @@ __all__ = [
     "iou_statistic",
     "error_statistic",
     "proposal_statistics",
+    "matched_statistics",
+    "box_errors",
     "updated_iou_threshold",
     "updated_beta",
     "BETA_COLLAPSE_GUARD",
@@ -35,11 +37,15 @@ def iou_statistic(max_ious: Sequence[torch.Tensor], topk: int) -> Optional[torch
         0-dim tensor: the mean over images of each image's K_I-th largest value (its smallest
         value when it has fewer than K_I proposals); None when no image has a value.
     """
-    per_image = [
-        torch.topk(v, min(topk, v.numel())).values[-1] for v in max_ious if v.numel() > 0
-    ]
-    if not per_image:
+    max_ious = [v for v in max_ious if v.numel() > 0]
+    if not max_ious:
         return None
+    if all(v.numel() >= topk for v in max_ious):
+        # One top-k for the whole batch: IoUs are >= 0, so the -1 padding is never among
+        # the K_I largest of an image that has at least K_I values.
+        padded = torch.nn.utils.rnn.pad_sequence(max_ious, batch_first=True, padding_value=-1.0)
+        return torch.topk(padded, topk, dim=1).values[:, -1].mean()
+    per_image = [torch.topk(v, min(topk, v.numel())).values[-1] for v in max_ious]
     return torch.stack(per_image).mean()
 
 
@@ -62,6 +68,53 @@ def error_statistic(errors: Sequence[torch.Tensor], topk: int) -> Optional[torch
     return torch.kthvalue(values, k).values
 
 
+def box_errors(sources: torch.Tensor, targets: torch.Tensor, box2box_transform: Box2BoxTransform) -> torch.Tensor:
+    """
+    ``(|dx| + |dy|) / 2`` of the regression targets from ``sources`` to ``targets`` (Nx4 each),
+    with dx, dy computed exactly as ``box2box_transform.get_deltas`` computes them, minus its
+    validity check (a device sync) and the unused dw, dh.
+    """
+    src_widths = sources[:, 2] - sources[:, 0]
+    src_heights = sources[:, 3] - sources[:, 1]
+    src_ctr_x = sources[:, 0] + 0.5 * src_widths
+    src_ctr_y = sources[:, 1] + 0.5 * src_heights
+    target_ctr_x = targets[:, 0] + 0.5 * (targets[:, 2] - targets[:, 0])
+    target_ctr_y = targets[:, 1] + 0.5 * (targets[:, 3] - targets[:, 1])
+    wx, wy = box2box_transform.weights[:2]
+    dx = wx * (target_ctr_x - src_ctr_x) / src_widths
+    dy = wy * (target_ctr_y - src_ctr_y) / src_heights
+    return (dx.abs() + dy.abs()) / 2
+
+
+def matched_statistics(
+    max_ious: Sequence[torch.Tensor],
+    matched_gt: Sequence[torch.Tensor],
+    proposal_boxes: Sequence[torch.Tensor],
+    gt_boxes: Sequence[torch.Tensor],
+    box2box_transform: Box2BoxTransform,
+    iou_topk: int,
+    error_topk: int,
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """
+    The two statistics of one iteration from what the matcher computed, per image that has
+    ground truth and proposals (the other images are left out of every argument).
+
+    Args:
+        max_ious, matched_gt: per image, for every proposal, its largest IoU with a
+            ground-truth box and the index of that box (``match_quality_matrix.max(dim=0)``).
+        proposal_boxes, gt_boxes: per image, the Nx4 proposals as matched and the Mx4 ground truth.
+
+    Returns:
+        (iou statistic, error statistic) as 0-dim tensors, or None when no image is given.
+    """
+    if len(max_ious) == 0:
+        return None
+    sources = torch.cat(list(proposal_boxes))
+    targets = torch.cat([gt[idx] for gt, idx in zip(gt_boxes, matched_gt)])
+    errors = box_errors(sources, targets, box2box_transform).split([len(p) for p in proposal_boxes])
+    return iou_statistic(max_ious, iou_topk), error_statistic(errors, error_topk)
+
+
 def proposal_statistics(
     proposal_boxes: Sequence[Boxes],
     gt_boxes: Sequence[Boxes],
@@ -82,23 +135,17 @@ def proposal_statistics(
         (iou statistic, error statistic) as 0-dim tensors, or None when no image of the batch
         has both ground truth and proposals.
     """
-    max_ious: List[torch.Tensor] = []
-    sources: List[torch.Tensor] = []
-    matched: List[torch.Tensor] = []
-    for proposals, gt in zip(proposal_boxes, gt_boxes):
-        if len(gt) == 0 or len(proposals) == 0:
-            continue
-        best_iou, best_gt = pairwise_iou(gt, proposals).max(dim=0)
-        max_ious.append(best_iou)
-        sources.append(proposals.tensor)
-        matched.append(gt.tensor[best_gt])
-    if not max_ious:
-        return None
-    # One call for the whole batch: get_deltas checks its boxes with a device sync.
-    deltas = box2box_transform.get_deltas(torch.cat(sources), torch.cat(matched))
-    error = (deltas[:, 0].abs() + deltas[:, 1].abs()) / 2
-    errors = error.split([len(s) for s in sources])
-    return iou_statistic(max_ious, iou_topk), error_statistic(errors, error_topk)
+    kept = [(p, g) for p, g in zip(proposal_boxes, gt_boxes) if len(p) > 0 and len(g) > 0]
+    best = [pairwise_iou(g, p).max(dim=0) for p, g in kept]
+    return matched_statistics(
+        [b.values for b in best],
+        [b.indices for b in best],
+        [p.tensor for p, _ in kept],
+        [g.tensor for _, g in kept],
+        box2box_transform,
+        iou_topk,
+        error_topk,
+    )
 
 
 def updated_iou_threshold(iou_stats: Sequence[float], current: float, warmup_iou: float) -> float:

@@ -2,7 +2,6 @@
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 from detectron2.utils import comm
 
 from .statistics import updated_beta, updated_iou_threshold
@@ -48,7 +47,7 @@ class DynamicTracker:
         self.iou_threshold = float(warmup_iou)
         self.beta = float(warmup_beta)
         self._window: List[Tuple[float, float]] = []
-        self._pending: Optional[torch.Tensor] = None
+        self._pending: Optional[Tuple[float, float]] = None
         self._uncommitted = 0
 
     @property
@@ -61,8 +60,8 @@ class DynamicTracker:
         """The (IoU statistic, error statistic) pairs committed since the last update."""
         return list(self._window)
 
-    def record(self, iou_stat: torch.Tensor, error_stat: torch.Tensor) -> None:
-        """Keep this iteration's statistics (0-dim tensors) until :meth:`commit`; no device sync."""
+    def record(self, iou_stat: float, error_stat: float) -> None:
+        """Keep this iteration's statistics (numbers or 0-dim tensors) until :meth:`commit`."""
         if self._pending is not None:
             self._uncommitted += 1
             if self._uncommitted == self.update_period:
@@ -72,7 +71,7 @@ class DynamicTracker:
                     "trainer.",
                     self.update_period,
                 )
-        self._pending = torch.stack([iou_stat, error_stat]).detach()
+        self._pending = (float(iou_stat), float(error_stat))
 
     def commit(self) -> Optional[Tuple[float, float]]:
         """
@@ -83,7 +82,7 @@ class DynamicTracker:
             the committed (IoU statistic, error statistic), averaged over the processes that
             recorded; None if none did.
         """
-        pending = None if self._pending is None else tuple(self._pending.float().tolist())
+        pending = self._pending
         self._pending = None
         self._uncommitted = 0
         if comm.get_world_size() > 1:

@@ -7,7 +7,12 @@ from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import StandardROIHeads, build_roi_heads
 from detectron2.utils.events import EventStorage
 
+from detectron2.modeling.matcher import Matcher
+from detectron2.structures import Boxes
+
 from dynamic_rcnn import DynamicROIHeads
+from dynamic_rcnn.roi_heads import DynamicMatcher
+from dynamic_rcnn.statistics import proposal_statistics
 from dynamic_rcnn.data import generate_shapes_image
 
 from conftest import proposals, roi_features, roi_input_shape, targets, tiny_cfg
@@ -109,6 +114,42 @@ def test_statistics_see_the_proposals_the_matcher_sees(append_gt, iou, error):
     # The appended ground truth counts IoU 1, error 0; without it, the best proposal
     # [8, 8, 40, 32]: IoU 0.75, dy = 10 * (24 - 20) / 24 = 1.667, dx = 0 -> error 0.833.
     assert head.tracker.commit() == pytest.approx((iou, error))
+
+
+@pytest.mark.parametrize("threshold", [0.4, 0.65])
+def test_dynamic_matcher_equals_detectron2_single_threshold_matcher(threshold):
+    g = torch.Generator().manual_seed(0)
+    quality = torch.rand(5, 200, generator=g)
+    quality[0, :20] = threshold  # exactly at the threshold: foreground in both
+    quality[:, 20:30] = 0.0
+    ours, reference = DynamicMatcher(threshold), Matcher([threshold], [0, 1], allow_low_quality_matches=False)
+    ours.records = []
+    for m in (quality, torch.zeros(0, 7)):
+        got, want = ours(m), reference(m)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert got[1].dtype == want[1].dtype == torch.int8
+    values, indices = quality.max(dim=0)
+    assert torch.equal(ours.records[0][0], values) and torch.equal(ours.records[0][1], indices)
+    assert ours.records[1] is None  # the empty matrix keeps its place
+
+
+def test_recorded_statistics_equal_the_reference_on_a_batch():
+    """What the head records from the matcher's IoUs is proposal_statistics of the matched boxes."""
+    head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True,
+                               "MODEL.DYNAMIC_RCNN.IOU_TOPK", 6, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 3))
+    g = torch.Generator().manual_seed(0)
+
+    def boxes(n):
+        xy = torch.rand(n, 2, generator=g) * 40
+        return (torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 20 + 2], dim=1)).tolist()
+
+    props = [proposals(SIZE, boxes(n)) for n in (30, 4, 25)]  # the second has fewer than K_I
+    gts = [targets(SIZE, boxes(3)), targets(SIZE, boxes(2)), targets(SIZE, [])]
+    with EventStorage():
+        head.label_and_sample_proposals(props, gts)
+    matched = [Boxes.cat([p.proposal_boxes, t.gt_boxes]) for p, t in zip(props, gts)]
+    reference = proposal_statistics(matched, [t.gt_boxes for t in gts], head.box_predictor.box2box_transform, 6, 3)
+    assert head.tracker.commit() == pytest.approx(tuple(float(v) for v in reference), abs=1e-6)
 
 
 def test_nothing_recorded_without_ground_truth_or_when_both_parts_off():

@@ -5,6 +5,7 @@ from detectron2.structures import Boxes
 
 from dynamic_rcnn.statistics import (
     BETA_COLLAPSE_GUARD,
+    box_errors,
     error_statistic,
     iou_statistic,
     proposal_statistics,
@@ -26,6 +27,26 @@ def test_iou_statistic_is_mean_of_per_image_kth_largest():
     assert iou_statistic(ious, topk=1).item() == pytest.approx((1.0 + 0.3) / 2)
     assert iou_statistic([], topk=2) is None
     assert iou_statistic([torch.zeros(0)], topk=2) is None
+
+
+def random_boxes(n, generator, size=100.0):
+    xy = torch.rand(n, 2, generator=generator) * size
+    wh = torch.rand(n, 2, generator=generator) * size / 2 + 1
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def test_iou_statistic_batched_top_k_equals_one_image_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    ious = [torch.rand(n, generator=g) for n in (7, 12, 5)]  # every image has >= K_I values
+    expected = torch.stack([torch.sort(v, descending=True).values[4] for v in ious]).mean()
+    assert torch.allclose(iou_statistic(ious, topk=5), expected)
+
+
+def test_box_errors_are_get_deltas_dx_dy():
+    g = torch.Generator().manual_seed(0)
+    src, dst = random_boxes(50, g), random_boxes(50, g)
+    deltas = T.get_deltas(src, dst)
+    assert torch.equal(box_errors(src, dst, T), (deltas[:, 0].abs() + deltas[:, 1].abs()) / 2)
 
 
 def test_error_statistic_is_kth_smallest_over_the_batch():

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The GPU figures of BENCHMARKS.md in one command, on a machine with one NVIDIA GPU:
+#
+#   bash benchmarks/gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS]
+#
+# 1. the environment (GPU, torch, detectron2) -> OUT_DIR/env.txt
+# 2. the overhead benchmark, the GPU to itself: both presets, and the tiny one's control (the
+#    standard head against itself) -> OUT_DIR/overhead_{tiny,tiny-control,r50-coco}.txt
+# 3. the accuracy matrix (benchmarks/accuracy.py: 2 datasets x 5 variants x seeds 0 1), PARALLEL_RUNS
+#    training processes at a time on the one GPU, stopped after ACCURACY_SECONDS; the runs that
+#    finished are in OUT_DIR/accuracy.md and their logs and metrics (no weights) in
+#    OUT_DIR/accuracy_runs.tar.gz. A later call with the same OUT_DIR/runs skips the finished runs.
+#    PARALLEL_RUNS=0 skips the matrix.
+#
+# Python is $PYTHON (default python3); torch, detectron2 and the packages of setup.cfg must import.
+set -uo pipefail
+
+OUT=${1:?usage: gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS]}
+PARALLEL=${2:-10}
+ACC_SECONDS=${3:-1800}
+PY=${PYTHON:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${RUNS_DIR:-$OUT/runs}
+mkdir -p "$OUT" "$RUNS"
+cd "$ROOT"
+export PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1
+stamp() { echo "[gpu_session $(date +%T)] $*"; }
+
+stamp "environment"
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    "$PY" -c "import sys, torch, detectron2, numpy; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| detectron2', detectron2.__version__, '| numpy', numpy.__version__); print(torch.cuda.get_device_name())"
+    nproc
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+"$PY" -c "import torch, dynamic_rcnn; assert torch.cuda.is_available()" || { stamp "no GPU or no dynamic_rcnn: stopping"; exit 1; }
+
+overhead() {
+    local name=$1; shift
+    stamp "overhead, $name"
+    "$PY" benchmarks/overhead.py "$@" > "$OUT/overhead_$name.txt" 2> "$OUT/overhead_$name.log"
+    cat "$OUT/overhead_$name.txt"
+}
+overhead tiny --preset tiny --steps 200 --warmup 10
+overhead tiny-control --preset tiny --steps 200 --warmup 10 --control
+overhead r50-coco --preset r50-coco --steps 30 --warmup 5
+
+if [ "$PARALLEL" = 0 ]; then stamp "done (no accuracy matrix)"; exit 0; fi
+stamp "accuracy matrix, $PARALLEL runs at a time, for at most $ACC_SECONDS s"
+# The shapes images are generated once here, before the runs share the cache.
+"$PY" -c "from detectron2.data import DatasetCatalog; import dynamic_rcnn.data; [DatasetCatalog.get(n) for n in ('shapes_train', 'shapes_val', 'bccd_train', 'bccd_test')]"
+jobs_file=$(mktemp)
+for dataset in shapes bccd; do
+    for seed in 0 1; do
+        for variant in dynamic baseline_authors baseline_d2 dla_only dsl_only; do
+            echo "$dataset $variant $seed" >> "$jobs_file"
+        done
+    done
+done
+# Each run is its own process; OMP threads are kept at 2 so that the runs share the CPU cores.
+OMP_NUM_THREADS=2 setsid xargs -P "$PARALLEL" -L 1 sh -c \
+    "\"$PY\" benchmarks/accuracy.py --datasets \$0 --variants \$1 --seeds \$2 --out \"$RUNS\" > /dev/null 2>&1 || echo \"failed: \$0 \$1 \$2\"" \
+    < "$jobs_file" &
+group=$!
+start=$SECONDS
+while kill -0 "$group" 2>/dev/null; do
+    if (( SECONDS - start > ACC_SECONDS )); then
+        stamp "time is up: stopping the runs still going"
+        kill -TERM -- "-$group" 2>/dev/null
+        sleep 3
+        kill -KILL -- "-$group" 2>/dev/null
+        break
+    fi
+    sleep 5
+done
+wait "$group" 2>/dev/null
+stamp "accuracy: $(( SECONDS - start )) s"
+"$PY" benchmarks/accuracy.py --report-only --out "$RUNS" > "$OUT/accuracy.md"
+cat "$OUT/accuracy.md"
+(cd "$RUNS" && find . \( -name "*.json" -o -name "stdout.txt" -o -name "log.txt" -o -name "config.yaml" -o -name "*.md" \) -print0 \
+    | tar czf "$OUT/accuracy_runs.tar.gz" --null -T -)
+stamp "done"
