@@ -4,7 +4,9 @@ Accuracy of Dynamic R-CNN against two baselines, the same schedule, seeds and da
 
 - ``dynamic``: DynamicROIHeads, DLA and DSL;  ``dla_only``;  ``dsl_only`` (IoU kept at 0.5);
 - ``baseline_authors``: StandardROIHeads, IoU 0.5, SmoothL1 beta 1.0, the same RPN (NMS 0.85);
-- ``baseline_d2``: detectron2's stock Faster R-CNN head: L1 box loss (beta 0), RPN NMS 0.7.
+- ``baseline_d2``: detectron2's stock Faster R-CNN head: L1 box loss (beta 0), RPN NMS 0.7;
+- ``dynamic_no_gt_stats``: ``dynamic`` with the statistics taken over the RPN's proposals only
+  (``STATS_INCLUDE_GT: False``; for images with many objects, see README).
 
     python benchmarks/accuracy.py --datasets shapes bccd --seeds 0 1 [--variants ...] [KEY VALUE ...]
 
@@ -36,6 +38,7 @@ VARIANTS = {
                          "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "1.0"],
     "baseline_d2": ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS", "[0.5]",
                     "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "0.0", "MODEL.RPN.NMS_THRESH", "0.7"],
+    "dynamic_no_gt_stats": ["MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", "False"],
 }
 
 

@@ -34,6 +34,11 @@ def add_dynamic_rcnn_config(cfg):
     _C.MODEL.DYNAMIC_RCNN.WARMUP_IOU = 0.4
     # Starting beta, and its ceiling for the whole training.
     _C.MODEL.DYNAMIC_RCNN.WARMUP_BETA = 1.0
+    # Whether the ground-truth boxes appended to the proposals (MODEL.ROI_HEADS.PROPOSAL_APPEND_GT)
+    # count in the statistics, as in the paper and the authors' code (IoU 1, error 0 each). On images
+    # with more objects than IOU_TOPK (or BETA_TOPK) they decide the statistics alone: the threshold
+    # climbs to the top and beta never moves. False measures the RPN's proposals only.
+    _C.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = True
 
 
 def _fail(key, value, allowed):
@@ -61,6 +66,8 @@ def validate_dynamic_rcnn_config(cfg):
             _fail(key, value, "it must be an integer >= 1")
     if not 0.0 < float(d.WARMUP_IOU) < 1.0:
         _fail("WARMUP_IOU", d.WARMUP_IOU, "it must lie in the open interval (0, 1)")
+    if not isinstance(d.STATS_INCLUDE_GT, bool):
+        _fail("STATS_INCLUDE_GT", d.STATS_INCLUDE_GT, "it must be True or False")
     if not float(d.WARMUP_BETA) > 0.0:
         _fail("WARMUP_BETA", d.WARMUP_BETA, "it must be > 0 (beta = 0 is the L1 loss)")
 

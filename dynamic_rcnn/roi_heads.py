@@ -56,15 +56,18 @@ class DynamicROIHeads(StandardROIHeads):
     """
 
     @configurable
-    def __init__(self, *, tracker: DynamicTracker, **kwargs):
+    def __init__(self, *, tracker: DynamicTracker, stats_include_gt: bool = True, **kwargs):
         """
         Args:
             tracker: owner of the threshold and beta in force.
+            stats_include_gt: whether the appended ground-truth boxes count in the statistics
+                (``MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT``).
             kwargs: those of ``StandardROIHeads``; ``proposal_matcher`` must be a single-threshold
                 ``Matcher`` with labels [0, 1] (a plain one is replaced by a :class:`DynamicMatcher`).
         """
         super().__init__(**kwargs)
         self.tracker = tracker
+        self.stats_include_gt = stats_include_gt
         matcher = self.proposal_matcher
         if (
             len(matcher.thresholds) != 3
@@ -95,6 +98,7 @@ class DynamicROIHeads(StandardROIHeads):
             enable_dsl=d.ENABLE_DSL,
         )
         ret["proposal_matcher"] = DynamicMatcher(d.WARMUP_IOU)
+        ret["stats_include_gt"] = d.STATS_INCLUDE_GT
         return ret
 
     def _apply_tracker_values(self):
@@ -126,17 +130,23 @@ class DynamicROIHeads(StandardROIHeads):
                 f"DynamicMatcher was called {len(records)} times for {len(proposals)} images: "
                 "the statistics need one call per image, as StandardROIHeads makes them."
             )
-        kept = [(p, t, r) for p, t, r in zip(proposals, targets, records) if r is not None and len(t) > 0]
-        boxes = []
-        for p, t, _ in kept:
-            # The boxes, in the order, that add_ground_truth_to_proposals gave the matcher.
-            parts = [p.proposal_boxes.tensor] + ([t.gt_boxes.tensor] if self.proposal_append_gt else [])
+        # The matcher saw the proposals, then (when appended) the ground-truth boxes.
+        with_gt = self.proposal_append_gt and self.stats_include_gt
+        max_ious, matched_gt, boxes, gts = [], [], [], []
+        for p, t, r in zip(proposals, targets, records):
+            n = len(p) if self.proposal_append_gt and not with_gt else None  # first n: the proposals
+            if r is None or len(t) == 0 or n == 0:
+                continue
+            parts = [p.proposal_boxes.tensor] + ([t.gt_boxes.tensor] if with_gt else [])
             boxes.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+            max_ious.append(r[0][:n])
+            matched_gt.append(r[1][:n])
+            gts.append(t.gt_boxes.tensor)
         stats = matched_statistics(
-            [r[0] for _, _, r in kept],
-            [r[1] for _, _, r in kept],
+            max_ious,
+            matched_gt,
             boxes,
-            [t.gt_boxes.tensor for _, t, _ in kept],
+            gts,
             self.box_predictor.box2box_transform,
             self.tracker.iou_topk,
             self.tracker.error_topk,

@@ -14,7 +14,16 @@ def test_defaults_are_the_papers():
     assert (d.ENABLE_DLA, d.ENABLE_DSL, d.IOU_TOPK, d.BETA_TOPK, d.UPDATE_PERIOD, d.WARMUP_IOU, d.WARMUP_BETA) == (
         True, True, 75, 10, 100, 0.4, 1.0,
     )
+    assert d.STATS_INCLUDE_GT is True  # the appended ground truth counts, as in the paper
     validate_dynamic_rcnn_config(cfg)
+
+
+def test_stats_include_gt_must_be_a_bool():
+    cfg = tiny_cfg()
+    cfg.defrost()
+    cfg.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = 1  # set from code: yacs checks no types here
+    with pytest.raises(ValueError, match="STATS_INCLUDE_GT = 1 is invalid: it must be True or False"):
+        build_model(cfg)
 
 
 @pytest.mark.parametrize(

@@ -106,13 +106,15 @@ def test_each_part_alone_moves_only_its_value(dla, dsl):
     assert head.box_predictor.smooth_l1_beta == pytest.approx(0.1 if dsl else 1.0)
 
 
-@pytest.mark.parametrize("append_gt, iou, error", [(True, 1.0, 0.0), (False, 0.75, 10 * 4 / 24 / 2)])
-def test_statistics_see_the_proposals_the_matcher_sees(append_gt, iou, error):
+@pytest.mark.parametrize("append_gt, include_gt, iou, error", [
+    (True, True, 1.0, 0.0), (False, True, 0.75, 10 * 4 / 24 / 2), (True, False, 0.75, 10 * 4 / 24 / 2)])
+def test_statistics_see_the_proposals_the_matcher_sees(append_gt, include_gt, iou, error):
     head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", append_gt,
+                               "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", include_gt,
                                "MODEL.DYNAMIC_RCNN.IOU_TOPK", 1, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 1))
     losses(head)
-    # The appended ground truth counts IoU 1, error 0; without it, the best proposal
-    # [8, 8, 40, 32]: IoU 0.75, dy = 10 * (24 - 20) / 24 = 1.667, dx = 0 -> error 0.833.
+    # The appended ground truth counts IoU 1, error 0 (unless STATS_INCLUDE_GT is off); without
+    # it, the best proposal [8, 8, 40, 32]: IoU 0.75, dy = 10 * (24 - 20) / 24 = 1.667 -> error 0.833.
     assert head.tracker.commit() == pytest.approx((iou, error))
 
 
