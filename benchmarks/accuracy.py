@@ -13,7 +13,8 @@ Accuracy of Dynamic R-CNN against two baselines, the same schedule, seeds and da
 Each run is ``train_net.py`` in its own process, written to ``--out/DATASET/VARIANT/seedN``; a run
 whose ``train_summary.json`` and AP table exist is not run again, so the matrix can be completed over
 several sittings. Prints (and writes to ``--out/accuracy.md``) one row per run (AP, AP50-AP90, final
-IoU threshold and beta, wall time) and the mean of each (dataset, variant).
+IoU threshold and beta, wall time) and the mean of each (dataset, variant), then the IoU threshold
+and beta of every run at six iterations; ``--plot-dir DIR`` draws them (``trajectories_DATASET.png``).
 """
 import argparse
 import glob
@@ -57,7 +58,7 @@ def read_run(path):
     bbox = next(iter(table.values()))["bbox"]
     with open(summary_file) as f:
         summary = json.load(f)
-    final = {}
+    final, curves = {}, {}
     metrics = os.path.join(path, "metrics.json")
     if os.path.isfile(metrics):
         sys.path.insert(0, ROOT)
@@ -67,8 +68,10 @@ def read_run(path):
         for key in ("iou_threshold", "beta"):
             values = series.get(f"dynamic_rcnn/{key}")
             final[key] = values[-1][1] if values else None
+            if values:
+                curves[key] = values
     return {**{c: bbox.get(c) for c in COLUMNS}, **final, "wall_min": summary["wall_seconds"] / 60,
-            "iterations": summary["iterations"], "machine": summary["machine"]}
+            "iterations": summary["iterations"], "machine": summary["machine"], "curves": curves}
 
 
 def fmt(v, digits=1):
@@ -92,6 +95,59 @@ def table(rows):
     return "\n".join(lines)
 
 
+def trajectory_table(rows, points=6):
+    """IoU threshold / beta of every run that logged them, at ``points`` iterations spread evenly."""
+    lines = []
+    for dataset in dict.fromkeys(d for (d, _, _), _ in rows):
+        runs = [(v, s, r["curves"]) for (d, v, s), r in rows if d == dataset and "iou_threshold" in r["curves"]]
+        if not runs:
+            continue
+        its = [it for it, _ in runs[0][2]["iou_threshold"]]
+        picks = sorted({its[round(i * (len(its) - 1) / (points - 1))] for i in range(points)})
+        lines += [f"**{dataset}**: IoU threshold / beta at iteration", "",
+                  "| variant | seed | " + " | ".join(str(it + 1) for it in picks) + " |",
+                  "|" + "---|" * (len(picks) + 2)]
+        for variant, seed, curves in runs:
+            t, b = dict(curves["iou_threshold"]), dict(curves.get("beta", []))
+            lines.append(f"| {variant} | {seed} | "
+                         + " | ".join(f"{fmt(t.get(it), 2)} / {fmt(b.get(it), 2)}" for it in picks) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_trajectories(rows, out_dir):
+    """``out_dir/trajectories_DATASET.png``: IoU threshold and beta of every run that logged them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for dataset in dict.fromkeys(d for (d, _, _), _ in rows):
+        runs = [(v, s, r["curves"]) for (d, v, s), r in rows if d == dataset and r["curves"]]
+        if not runs:
+            continue
+        fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        colors = {v: f"C{i}" for i, v in enumerate(dict.fromkeys(v for v, _, _ in runs))}
+        seeds = sorted({s for _, s, _ in runs})
+        for variant, seed, curves in runs:
+            for ax, key in zip(axes, ("iou_threshold", "beta")):
+                if key in curves:
+                    ax.plot(*zip(*curves[key]), label=f"{variant} seed {seed}", color=colors[variant],
+                            linestyle=["-", "--", ":", "-."][seeds.index(seed) % 4])
+        axes[0].set_ylabel("IoU threshold")
+        axes[1].set_ylabel("SmoothL1 beta")
+        axes[1].set_xlabel("iteration")
+        axes[0].legend(fontsize=8)
+        axes[0].set_title(f"{dataset}: Dynamic R-CNN's IoU threshold and beta during training")
+        path = os.path.join(out_dir, f"trajectories_{dataset}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -99,6 +155,7 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--out", default=os.path.join(ROOT, "output", "benchmarks", "accuracy"))
     parser.add_argument("--report-only", action="store_true", help="print the table of the runs made so far")
+    parser.add_argument("--plot-dir", help="also draw trajectories_DATASET.png (IoU threshold, beta) here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
     args = parser.parse_args(argv)
 
@@ -119,8 +176,12 @@ def main(argv=None):
                     result = read_run(path)
                 if result is not None:
                     rows.append(((dataset, variant, seed), result))
-    text = table(rows)
+    text = table(rows) + "\n\n" + trajectory_table(rows)
     print(text)
+    if args.plot_dir:
+        os.makedirs(args.plot_dir, exist_ok=True)
+        for path in plot_trajectories(rows, args.plot_dir):
+            print(f"wrote {path}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "accuracy.md"), "w") as f:
         f.write(text + "\n")

@@ -1,4 +1,5 @@
 """The accuracy benchmark's bookkeeping: which runs are complete, and the table with means."""
+import argparse
 import importlib.util
 import json
 import os
@@ -38,3 +39,39 @@ def test_incomplete_runs_are_not_counted_and_means_are_per_variant(tmp_path):
     assert "| shapes | dynamic | 0 | 30.0 |" in text
     assert "| shapes | **dynamic mean** | 2 runs | **35.0** |" in text
     assert "baseline_authors" not in text
+    # Then the trajectories of the runs that logged them (one logged iteration each here).
+    assert "**shapes**: IoU threshold / beta at iteration" in text
+    assert "| dynamic | 0 | 0.60 / 0.20 |" in text and "| dynamic | 1 | 0.70 / 0.20 |" in text
+
+
+def test_trajectory_table_spreads_its_columns_over_the_run(tmp_path):
+    accuracy = load()
+    path = accuracy.run_dir(str(tmp_path), "shapes", "dynamic", 0)
+    fake_run(path, 30.0, 0.6)
+    with open(os.path.join(path, "metrics.json"), "w") as f:
+        for it in range(19, 1000, 20):  # 50 logged iterations, T rising by 0.001 each
+            f.write(json.dumps({"iteration": it, "dynamic_rcnn/iou_threshold": 0.4 + it / 1000,
+                                "dynamic_rcnn/beta": 1.0}) + "\n")
+    text = accuracy.trajectory_table([(("shapes", "dynamic", 0), accuracy.read_run(path))], points=3)
+    assert "| variant | seed | 20 | 500 | 1000 |" in text  # first, middle and last logged iteration
+    assert "| dynamic | 0 | 0.42 / 1.00 | 0.90 / 1.00 | 1.40 / 1.00 |" in text
+
+
+def test_overhead_alternates_the_first_head_and_times_both():
+    spec = importlib.util.spec_from_file_location("overhead", os.path.join(ROOT, "benchmarks", "overhead.py"))
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    order = []
+    original_step = overhead.Runner.step
+
+    def step(self):
+        order.append(self.trainer.model.roi_heads.__class__.__name__)
+        return original_step(self)
+
+    overhead.Runner.step = step
+    args = argparse.Namespace(threads=0, control=False, preset="tiny", device="cpu", period=1, steps=1, warmup=1)
+    heads, times, memory, tracker = overhead.timing(args)
+    assert heads == ("dynamic", "standard") and [len(times[h]) for h in heads] == [1, 1]
+    # A B, then B A: neither head always goes first.
+    assert order == ["DynamicROIHeads", "StandardROIHeads", "StandardROIHeads", "DynamicROIHeads"]
+    assert tracker is not None and tracker.beta < 1.0  # period 1: the hook updated before step 2
