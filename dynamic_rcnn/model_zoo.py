@@ -11,6 +11,7 @@ A released checkpoint is ``NAME_<first 8 hex of its sha256>.pth`` (written by
 does not start with the 8 hex digits of its name is refused.
 """
 import hashlib
+import json
 import os
 import re
 from typing import Optional
@@ -94,16 +95,23 @@ def get_checkpoint_file(name: str, release_folder: Optional[str] = None) -> str:
         f for f in (os.listdir(folder) if os.path.isdir(folder) else [])
         if (m := _NAME.match(f)) and m.group("name") == short
     )
-    if candidates:
-        return _verified(os.path.join(folder, candidates[-1]))
-    base_url = os.environ.get("DYNAMIC_RCNN_RELEASE_URL")
     metrics = os.path.join(folder, f"{short}.metrics.json")
-    if base_url and os.path.isfile(metrics):
-        import json
-
+    listed = None
+    if os.path.isfile(metrics):
         with open(metrics) as f:
-            file_name = json.load(f)["checkpoint"]
-        return _verified(PathManager.get_local_path(f"{base_url.rstrip('/')}/{file_name}"))
+            listed = json.load(f).get("checkpoint")
+    if listed in candidates:
+        return _verified(os.path.join(folder, listed))  # the file its metrics describe
+    if len(candidates) == 1:
+        return _verified(os.path.join(folder, candidates[0]))
+    if len(candidates) > 1:
+        raise FileNotFoundError(
+            f"{folder} holds {len(candidates)} releases of {short} ({', '.join(candidates)}) and no "
+            f"{short}.metrics.json naming one of them: keep one, or publish again."
+        )
+    base_url = os.environ.get("DYNAMIC_RCNN_RELEASE_URL")
+    if base_url and listed:
+        return _verified(PathManager.get_local_path(f"{base_url.rstrip('/')}/{listed}"))
     raise FileNotFoundError(
         f"No released checkpoint {short}_<hash>.pth in {folder}. Publish one with "
         f"`python tools/publish_model.py OUTPUT_DIR --name {short}`, or set DYNAMIC_RCNN_RELEASES / "

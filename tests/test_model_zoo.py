@@ -96,3 +96,40 @@ def test_publish_refuses_a_run_without_checkpoint_or_a_corrupt_one(tmp_path, cap
     (tmp_path / "config.yaml").write_text("MODEL: {}\n")
     assert publish.main([str(tmp_path), "--name", "x", "--out", str(tmp_path / "r")]) == 2
     assert "is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_publish_verify_evaluates_the_release_and_compares_its_ap(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_cfg("OUTPUT_DIR", str(run), "DATASETS.TEST", ("shapes_tiny_train",), "TEST.DETECTIONS_PER_IMAGE", 20)
+    os.makedirs(run / "inference" / "shapes_tiny_train")
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(run)).save("model_final")
+    (run / "config.yaml").write_text(cfg.dump())
+    table = run / "inference" / "shapes_tiny_train" / "ap_table.json"
+    table.write_text(json.dumps({"shapes_tiny_train": {"bbox": {"AP": 12.5}}}))  # not what it gives
+    publish = load_tool("publish_model")
+    releases = tmp_path / "releases"
+    assert publish.main([str(run), "--name", "tiny_model", "--out", str(releases), "--verify"]) == 1
+    assert "shapes_tiny_train bbox/AP: 12.5 published" in capsys.readouterr().err
+
+    # With the AP the release really gives in its metrics file, the round trip holds.
+    differ = publish.verify("tiny_model", str(releases), 0.05)
+    measured = differ[0][3]
+    metrics_file = releases / "tiny_model.metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["ap"]["shapes_tiny_train"]["bbox"]["AP"] = measured + 0.01
+    metrics_file.write_text(json.dumps(metrics))
+    assert publish.verify("tiny_model", str(releases), 0.05) == []
+
+
+def test_the_release_its_metrics_name_is_used_among_several(run_dir, tmp_path):
+    run, _ = run_dir
+    releases = tmp_path / "releases"
+    load_tool("publish_model").main([str(run), "--name", "tiny_model", "--out", str(releases)])
+    listed = json.loads((releases / "tiny_model.metrics.json").read_text())["checkpoint"]
+    (releases / "tiny_model_00000000.pth").write_bytes(b"an older release")  # sorts first
+    (releases / "tiny_model_ffffffff.pth").write_bytes(b"another one")  # sorts last
+    assert model_zoo.get_checkpoint_file("tiny_model", str(releases)) == str(releases / listed)
+    os.remove(releases / "tiny_model.metrics.json")
+    with pytest.raises(FileNotFoundError, match="holds 3 releases of tiny_model .* keep one"):
+        model_zoo.get_checkpoint_file("tiny_model", str(releases))

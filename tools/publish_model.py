@@ -7,6 +7,9 @@ Turn a training run into a model-zoo release:
 Keeps the model weights (drops optimizer, scheduler and trainer state), embeds the run's
 config.yaml, and writes ``OUT/NAME_<first 8 hex of sha256>.pth`` and ``OUT/NAME.metrics.json``
 (AP table, schedule, iterations, s/iter, peak memory, machine, detectron2 and torch versions).
+With ``--verify`` it then loads the release back through ``dynamic_rcnn.model_zoo`` (hash checked,
+embedded config), evaluates it on the config's test sets and fails unless every AP of the metrics
+file comes back (within ``--tolerance`` AP points).
 """
 import argparse
 import glob
@@ -87,12 +90,44 @@ def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_fina
     return metrics
 
 
+def verify(name: str, out_dir: str, tolerance: float) -> list:
+    """Evaluate the release ``name`` loaded from ``out_dir``; the (dataset, metric, published, measured) that differ."""
+    from detectron2.utils.logger import setup_logger
+
+    from dynamic_rcnn import model_zoo
+    from dynamic_rcnn.data import register_builtin
+    from dynamic_rcnn.trainer import Trainer
+
+    setup_logger(name="dynamic_rcnn")
+    register_builtin()
+    os.environ["DYNAMIC_RCNN_RELEASES"] = out_dir
+    cfg = model_zoo.get_config(name, trained=True)
+    cfg.defrost()
+    cfg.OUTPUT_DIR = os.path.join(tempfile.mkdtemp(prefix="verify_"), name)
+    model = model_zoo.get(name, trained=True, device=cfg.MODEL.DEVICE)
+    measured = Trainer.evaluate(cfg, model)
+    if len(cfg.DATASETS.TEST) == 1 and cfg.DATASETS.TEST[0] not in measured:
+        measured = {cfg.DATASETS.TEST[0]: measured}  # detectron2 unwraps a single test set's results
+    published = _read_json(os.path.join(out_dir, f"{name}.metrics.json"))["ap"]
+    differ = []
+    for dataset, tasks in published.items():
+        for task, values in tasks.items():
+            for metric, value in values.items():
+                got = measured.get(dataset, {}).get(task, {}).get(metric)
+                same = (got != got and value != value) or (got is not None and abs(got - value) <= tolerance)
+                if not same:
+                    differ.append((dataset, f"{task}/{metric}", value, got))
+    return differ
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="the OUTPUT_DIR of a training run")
     parser.add_argument("--name", required=True, help="release name, e.g. dynamic_rcnn_R_18_FPN_shapes")
     parser.add_argument("--checkpoint", default="model_final.pth", help="checkpoint in RUN_DIR (or a path)")
     parser.add_argument("--out", default=None, help="release folder (default: $DYNAMIC_RCNN_RELEASES or releases/)")
+    parser.add_argument("--verify", action="store_true", help="then evaluate the release and compare its AP")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="--verify: AP points allowed apart")
     args = parser.parse_args(argv)
     from dynamic_rcnn.model_zoo import release_dir
 
@@ -102,6 +137,13 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {metrics['checkpoint']} ({metrics['size_mb']} MB, sha256 {metrics['sha256']}) and {args.name}.metrics.json")
+    if args.verify:
+        differ = verify(args.name, args.out or release_dir(), args.tolerance)
+        for dataset, metric, published, measured in differ:
+            print(f"error: {dataset} {metric}: {published} published, {measured} measured", file=sys.stderr)
+        if differ:
+            return 1
+        print(f"verified: {metrics['checkpoint']} loaded through dynamic_rcnn.model_zoo gives the published AP")
     return 0
 
 
