@@ -6,7 +6,7 @@
 # 1. the environment (GPU, torch, detectron2) -> OUT_DIR/env.txt
 # 2. the overhead benchmark, the GPU to itself: both presets, and the tiny one's control (the
 #    standard head against itself) -> OUT_DIR/overhead_{tiny,tiny-control,r50-coco}.txt
-# 3. the accuracy matrix (benchmarks/accuracy.py: 2 datasets x 5 variants x seeds 0 1), PARALLEL_RUNS
+# 3. the accuracy matrix (benchmarks/accuracy.py: 2 datasets x 6 variants x seeds 0 1), PARALLEL_RUNS
 #    training processes at a time on the one GPU, stopped after ACCURACY_SECONDS; the runs that
 #    finished are in OUT_DIR/accuracy.md and their logs and metrics (no weights) in
 #    OUT_DIR/accuracy_runs.tar.gz. A later call with the same OUT_DIR/runs skips the finished runs.
@@ -52,7 +52,7 @@ stamp "accuracy matrix, $PARALLEL runs at a time, for at most $ACC_SECONDS s"
 jobs_file=$(mktemp)
 for dataset in shapes bccd; do
     for seed in 0 1; do
-        for variant in dynamic baseline_authors baseline_d2 dla_only dsl_only; do
+        for variant in dynamic baseline_authors baseline_d2 dla_only dsl_only dynamic_no_gt_stats; do
             echo "$dataset $variant $seed" >> "$jobs_file"
         done
     done
