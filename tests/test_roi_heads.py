@@ -224,3 +224,15 @@ def test_mask_rcnn_and_class_agnostic_regression_train():
     with torch.no_grad():
         pred = model([{"image": shapes_batch(1)[0]["image"]}])[0]["instances"]
     assert pred.has("pred_masks") or len(pred) == 0
+
+
+def test_a_matcher_passed_in_code_is_checked_and_made_a_dynamic_matcher():
+    cfg = head_cfg()
+    args = DynamicROIHeads.from_config(cfg, roi_input_shape(cfg))
+    args["proposal_matcher"] = Matcher([0.5], [0, 1], allow_low_quality_matches=False)
+    head = DynamicROIHeads(**args)
+    assert isinstance(head.proposal_matcher, DynamicMatcher)
+    assert head.proposal_matcher.thresholds[1] == 0.4  # the tracker's value is in force
+    args["proposal_matcher"] = Matcher([0.3, 0.5], [0, -1, 1], allow_low_quality_matches=False)
+    with pytest.raises(ValueError, match=r"single-threshold Matcher .* got thresholds \[0.3, 0.5\]"):
+        DynamicROIHeads(**args)
