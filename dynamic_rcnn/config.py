@@ -6,6 +6,8 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .statistics import STATISTICS
+
 __all__ = ["add_dynamic_rcnn_config", "validate_dynamic_rcnn_config", "load_config"]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,18 @@ def add_dynamic_rcnn_config(cfg):
     # with more objects than IOU_TOPK (or BETA_TOPK) they decide the statistics alone: the threshold
     # climbs to the top and beta never moves. False measures the RPN's proposals only.
     _C.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = True
+    # How the statistics count (docs/STATISTICS.md): "image" is the paper's rule (K_I per image,
+    # K_E x images per batch); "scaled" scales K_I and K_E by each image's number of objects over
+    # REFERENCE_OBJECTS; "object" takes, per object, the k-th best of the proposals that match it
+    # (k = K_I / REFERENCE_OBJECTS and K_E / REFERENCE_OBJECTS), then the mean / median over objects.
+    _C.MODEL.DYNAMIC_RCNN.STATISTIC = "image"
+    # The number of objects per image IOU_TOPK and BETA_TOPK were chosen for (the paper's 75 and 10:
+    # COCO, about 7). Used by STATISTIC "scaled" and "object".
+    _C.MODEL.DYNAMIC_RCNN.REFERENCE_OBJECTS = 7.0
+    # Positives guard, 0 = off. Else, while the IoU threshold is above it, each image's threshold is
+    # lowered where needed so that the image keeps as many positives as this fixed IoU threshold
+    # would give it (up to the sampler's quota of positives).
+    _C.MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU = 0.0
 
 
 def _fail(key, value, allowed):
@@ -70,6 +84,18 @@ def validate_dynamic_rcnn_config(cfg):
         _fail("STATS_INCLUDE_GT", d.STATS_INCLUDE_GT, "it must be True or False")
     if not float(d.WARMUP_BETA) > 0.0:
         _fail("WARMUP_BETA", d.WARMUP_BETA, "it must be > 0 (beta = 0 is the L1 loss)")
+    if d.STATISTIC not in STATISTICS:
+        _fail("STATISTIC", d.STATISTIC, f"it must be one of {', '.join(map(repr, STATISTICS))}")
+    if not 0.0 < float(d.REFERENCE_OBJECTS) < float("inf"):
+        _fail("REFERENCE_OBJECTS", d.REFERENCE_OBJECTS, "it must be a number > 0")
+    if not 0.0 <= float(d.MIN_POSITIVES_IOU) < 1.0:
+        _fail("MIN_POSITIVES_IOU", d.MIN_POSITIVES_IOU, "it must lie in [0, 1) (0 switches the guard off)")
+    if d.STATISTIC == "object" and d.STATS_INCLUDE_GT:
+        _fail(
+            "STATS_INCLUDE_GT", d.STATS_INCLUDE_GT,
+            "STATISTIC 'object' measures the RPN's proposals of each object, and an appended ground-truth "
+            "box would be its own object's best proposal: set MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False",
+        )
 
     enabled = d.ENABLE_DLA or d.ENABLE_DSL
     head = cfg.MODEL.ROI_HEADS.NAME

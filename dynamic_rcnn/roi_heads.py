@@ -22,9 +22,30 @@ class DynamicMatcher(Matcher):
     call, ``(largest IoU of each proposal, index of its ground truth)``, or None for an empty matrix.
     """
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, min_positives_iou: float = 0.0, positives_quota: int = 0):
+        """
+        Args:
+            threshold: the IoU threshold T.
+            min_positives_iou, positives_quota: the positives guard (``MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU``;
+                0 is off): while T is above ``min_positives_iou``, each matrix's threshold is lowered, where
+                needed, to the IoU of its k-th best proposal, with k the number of proposals at IoU >=
+                ``min_positives_iou`` capped at ``positives_quota`` (the sampler's positives per image), so
+                that the image keeps at least as many positives as that fixed threshold would give it.
+        """
         super().__init__([threshold], [0, 1], allow_low_quality_matches=False)
+        self.min_positives_iou = float(min_positives_iou)
+        self.positives_quota = int(positives_quota)
         self.records: Optional[List[Optional[Tuple[torch.Tensor, torch.Tensor]]]] = None
+
+    def _threshold(self, matched_vals: torch.Tensor):
+        threshold = self.thresholds[1]
+        if self.min_positives_iou <= 0 or threshold <= self.min_positives_iou or self.positives_quota < 1:
+            return threshold
+        # All on the device, no sync: k-th best IoU with k = min(#IoU >= guard, quota).
+        n_ref = (matched_vals >= self.min_positives_iou).sum()
+        k = n_ref.clamp(min=1, max=min(self.positives_quota, matched_vals.numel()))
+        kth = torch.sort(matched_vals, descending=True).values[k - 1]
+        return torch.where(n_ref > 0, torch.clamp(kth, max=threshold), torch.full_like(kth, threshold))
 
     def __call__(self, match_quality_matrix: torch.Tensor):
         if match_quality_matrix.numel() == 0:
@@ -34,7 +55,7 @@ class DynamicMatcher(Matcher):
         assert match_quality_matrix.dim() == 2
         assert torch.all(match_quality_matrix >= 0)
         matched_vals, matches = match_quality_matrix.max(dim=0)
-        match_labels = (matched_vals >= self.thresholds[1]).to(torch.int8)
+        match_labels = (matched_vals >= self._threshold(matched_vals)).to(torch.int8)
         if self.records is not None:
             self.records.append((matched_vals, matches))
         return matches, match_labels
@@ -56,18 +77,34 @@ class DynamicROIHeads(StandardROIHeads):
     """
 
     @configurable
-    def __init__(self, *, tracker: DynamicTracker, stats_include_gt: bool = True, **kwargs):
+    def __init__(
+        self,
+        *,
+        tracker: DynamicTracker,
+        stats_include_gt: bool = True,
+        statistic: str = "image",
+        reference_objects: float = 7.0,
+        min_positives_iou: float = 0.0,
+        **kwargs,
+    ):
         """
         Args:
             tracker: owner of the threshold and beta in force.
             stats_include_gt: whether the appended ground-truth boxes count in the statistics
                 (``MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT``).
+            statistic: ``"image"`` (the paper), ``"scaled"`` or ``"object"``
+                (``MODEL.DYNAMIC_RCNN.STATISTIC``; see :func:`~dynamic_rcnn.statistics.matched_statistics`).
+            reference_objects: objects per image the top-k values were chosen for
+                (``MODEL.DYNAMIC_RCNN.REFERENCE_OBJECTS``).
+            min_positives_iou: the positives guard of :class:`DynamicMatcher` (0: off).
             kwargs: those of ``StandardROIHeads``; ``proposal_matcher`` must be a single-threshold
                 ``Matcher`` with labels [0, 1] (a plain one is replaced by a :class:`DynamicMatcher`).
         """
         super().__init__(**kwargs)
         self.tracker = tracker
         self.stats_include_gt = stats_include_gt
+        self.statistic = statistic
+        self.reference_objects = reference_objects
         matcher = self.proposal_matcher
         if (
             len(matcher.thresholds) != 3
@@ -79,8 +116,11 @@ class DynamicROIHeads(StandardROIHeads):
                 f"low-quality matches, got thresholds {matcher.thresholds[1:-1]}, labels "
                 f"{matcher.labels}, allow_low_quality_matches={matcher.allow_low_quality_matches}"
             )
-        if not isinstance(matcher, DynamicMatcher):
-            self.proposal_matcher = DynamicMatcher(matcher.thresholds[1])
+        self.proposal_matcher = DynamicMatcher(
+            matcher.thresholds[1],
+            min_positives_iou,
+            int(self.batch_size_per_image * self.positive_fraction),  # as detectron2's sampler counts
+        )
         self._apply_tracker_values()
 
     @classmethod
@@ -99,6 +139,9 @@ class DynamicROIHeads(StandardROIHeads):
         )
         ret["proposal_matcher"] = DynamicMatcher(d.WARMUP_IOU)
         ret["stats_include_gt"] = d.STATS_INCLUDE_GT
+        ret["statistic"] = d.STATISTIC
+        ret["reference_objects"] = d.REFERENCE_OBJECTS
+        ret["min_positives_iou"] = d.MIN_POSITIVES_IOU
         return ret
 
     def _apply_tracker_values(self):
@@ -150,6 +193,8 @@ class DynamicROIHeads(StandardROIHeads):
             self.box_predictor.box2box_transform,
             self.tracker.iou_topk,
             self.tracker.error_topk,
+            self.statistic,
+            self.reference_objects,
         )
         if stats is not None:
             # The sampling just before synchronised the device: reading two numbers is cheap here,

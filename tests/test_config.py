@@ -36,6 +36,10 @@ def test_stats_include_gt_must_be_a_bool():
         ("WARMUP_IOU", 1.0, "WARMUP_IOU = 1.0 is invalid"),
         ("WARMUP_BETA", 0.0, "WARMUP_BETA = 0.0 is invalid: it must be > 0"),
         ("WARMUP_BETA", -1.0, "WARMUP_BETA = -1.0 is invalid"),
+        ("STATISTIC", "median", "STATISTIC = 'median' is invalid: it must be one of 'image', 'scaled', 'object'"),
+        ("REFERENCE_OBJECTS", 0.0, "REFERENCE_OBJECTS = 0.0 is invalid: it must be a number > 0"),
+        ("MIN_POSITIVES_IOU", 1.0, r"MIN_POSITIVES_IOU = 1.0 is invalid: it must lie in \[0, 1\)"),
+        ("MIN_POSITIVES_IOU", -0.1, "MIN_POSITIVES_IOU = -0.1 is invalid"),
     ],
 )
 def test_out_of_range_values_fail_at_model_build(key, value, message):
@@ -64,3 +68,11 @@ def test_cascade_roi_heads_fails():
 def test_missing_section_says_what_to_call():
     with pytest.raises(KeyError, match="add_dynamic_rcnn_config"):
         validate_dynamic_rcnn_config(get_cfg())
+
+
+def test_object_statistic_needs_the_rpn_proposals_only():
+    cfg = tiny_cfg("MODEL.DYNAMIC_RCNN.STATISTIC", "object")
+    with pytest.raises(ValueError, match="STATS_INCLUDE_GT = True is invalid: STATISTIC 'object'.*set MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False"):
+        validate_dynamic_rcnn_config(cfg)
+    cfg.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = False
+    validate_dynamic_rcnn_config(cfg)

@@ -135,9 +135,14 @@ def test_dynamic_matcher_equals_detectron2_single_threshold_matcher(threshold):
     assert ours.records[1] is None  # the empty matrix keeps its place
 
 
-def test_recorded_statistics_equal_the_reference_on_a_batch():
+@pytest.mark.parametrize("statistic, include_gt", [("image", True), ("scaled", True), ("scaled", False),
+                                                  ("object", False)])
+def test_recorded_statistics_equal_the_reference_on_a_batch(statistic, include_gt):
     """What the head records from the matcher's IoUs is proposal_statistics of the matched boxes."""
     head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True,
+                               "MODEL.DYNAMIC_RCNN.STATISTIC", statistic,
+                               "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", include_gt,
+                               "MODEL.DYNAMIC_RCNN.REFERENCE_OBJECTS", 2.0,
                                "MODEL.DYNAMIC_RCNN.IOU_TOPK", 6, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 3))
     g = torch.Generator().manual_seed(0)
 
@@ -149,8 +154,9 @@ def test_recorded_statistics_equal_the_reference_on_a_batch():
     gts = [targets(SIZE, boxes(3)), targets(SIZE, boxes(2)), targets(SIZE, [])]
     with EventStorage():
         head.label_and_sample_proposals(props, gts)
-    matched = [Boxes.cat([p.proposal_boxes, t.gt_boxes]) for p, t in zip(props, gts)]
-    reference = proposal_statistics(matched, [t.gt_boxes for t in gts], head.box_predictor.box2box_transform, 6, 3)
+    matched = [Boxes.cat([p.proposal_boxes, t.gt_boxes]) if include_gt else p.proposal_boxes for p, t in zip(props, gts)]
+    reference = proposal_statistics(matched, [t.gt_boxes for t in gts], head.box_predictor.box2box_transform, 6, 3,
+                                    statistic, 2.0)
     assert head.tracker.commit() == pytest.approx(tuple(float(v) for v in reference), abs=1e-6)
 
 
@@ -236,3 +242,30 @@ def test_a_matcher_passed_in_code_is_checked_and_made_a_dynamic_matcher():
     args["proposal_matcher"] = Matcher([0.3, 0.5], [0, -1, 1], allow_low_quality_matches=False)
     with pytest.raises(ValueError, match=r"single-threshold Matcher .* got thresholds \[0.3, 0.5\]"):
         DynamicROIHeads(**args)
+
+
+def test_positives_guard_keeps_the_positives_of_its_iou():
+    # IoUs of 6 proposals with the one object; T = 0.8 would leave 1 positive, IoU 0.5 gives 4.
+    quality = torch.tensor([[0.95, 0.75, 0.6, 0.5, 0.3, 0.1]])
+    plain = DynamicMatcher(0.8)
+    assert plain(quality)[1].tolist() == [1, 0, 0, 0, 0, 0]
+    guarded = DynamicMatcher(0.8, min_positives_iou=0.5, positives_quota=32)
+    assert guarded(quality)[1].tolist() == [1, 1, 1, 1, 0, 0]  # threshold lowered to 0.5 here
+    # The quota caps what is kept: the sampler would take 2 positives at most, so 2 are enough.
+    capped = DynamicMatcher(0.8, min_positives_iou=0.5, positives_quota=2)
+    assert capped(quality)[1].tolist() == [1, 1, 0, 0, 0, 0]
+    # Nothing to keep (no proposal at IoU >= 0.5), or T below the guard: T alone decides.
+    assert guarded(torch.tensor([[0.45, 0.3]]))[1].tolist() == [0, 0]
+    low = DynamicMatcher(0.45, min_positives_iou=0.5, positives_quota=32)
+    assert low(quality)[1].tolist() == [1, 1, 1, 1, 0, 0]
+    # Matches are untouched.
+    assert torch.equal(guarded(quality)[0], plain(quality)[0])
+
+
+def test_head_builds_the_guard_with_the_samplers_quota():
+    head = build_head(head_cfg("MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU", 0.5,
+                               "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "MODEL.ROI_HEADS.POSITIVE_FRACTION", 0.25))
+    assert head.proposal_matcher.min_positives_iou == 0.5 and head.proposal_matcher.positives_quota == 16
+    set_window(head, [0.7], [0.5])  # T = 0.7: only the 0.75 proposal is above it
+    # The guard keeps the two proposals at IoU >= 0.5 (0.75 and 0.5625) as foreground.
+    assert list(labels(head).values()) == [True, True, False, False]

@@ -22,19 +22,22 @@ def _text(node, path, default=None):
     return found.text.strip() if found is not None and found.text else default
 
 
-def load_voc_instances(root: str, split: str, class_names: Sequence[str], name: str = None) -> List[Dict]:
+def load_voc_instances(root: str, split, class_names: Sequence[str], name: str = None) -> List[Dict]:
     """
     Read ``root/ImageSets/Main/{split}.txt``, ``root/Annotations/*.xml`` and ``root/JPEGImages``.
+    ``split`` may be a sequence of splits, read one after the other (e.g. ``("val", "test")``).
 
     Boxes use VOC's 1-based pixel indexes (as detectron2's own VOC loader, 1 is taken off the
     minimum corner of boxes that have an extent). Broken annotations are mended or dropped by ``sanitize_dataset_dicts``, with a
     one-line summary; an unreadable XML file drops its image and is counted too.
     """
-    split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
-    if not os.path.isfile(split_file):
-        raise FileNotFoundError(f"{split_file} does not exist: is {root} a PASCAL VOC layout folder?")
-    with open(split_file) as f:
-        ids = [line.split()[0] for line in f if line.strip()]
+    ids = []
+    for one in [split] if isinstance(split, str) else list(split):
+        split_file = os.path.join(root, "ImageSets", "Main", f"{one}.txt")
+        if not os.path.isfile(split_file):
+            raise FileNotFoundError(f"{split_file} does not exist: is {root} a PASCAL VOC layout folder?")
+        with open(split_file) as f:
+            ids += [line.split()[0] for line in f if line.strip()]
     index = {c: i for i, c in enumerate(class_names)}
     dicts, unreadable = [], 0
     for image_id in ids:
@@ -74,8 +77,8 @@ def load_voc_instances(root: str, split: str, class_names: Sequence[str], name: 
     return sanitize_dataset_dicts(dicts, name or f"{root}:{split}", len(class_names))
 
 
-def register_voc(name: str, root: str, split: str, class_names: Sequence[str]) -> None:
-    """Register a VOC layout folder's split as ``name``, evaluated with COCO-style AP."""
+def register_voc(name: str, root: str, split, class_names: Sequence[str]) -> None:
+    """Register a VOC layout folder's split (or sequence of splits) as ``name``, evaluated with COCO-style AP."""
     class_names = list(class_names)
     DatasetCatalog.register(name, lambda: load_voc_instances(root, split, class_names, name))
     MetadataCatalog.get(name).set(thing_classes=class_names, dirname=root, split=split, evaluator_type="coco")
