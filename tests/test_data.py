@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import re
 
 import cv2
 import numpy as np
@@ -61,7 +62,7 @@ def test_builtin_datasets_are_registered():
 def _record(tmp_path, annos, exists=True, name="a.jpg"):
     path = tmp_path / name
     if exists:
-        path.write_bytes(b"x")
+        cv2.imwrite(str(path), np.zeros((100, 200, 3), np.uint8))
     return {"file_name": str(path), "image_id": name, "height": 100, "width": 200, "annotations": annos}
 
 
@@ -90,8 +91,9 @@ def test_sanitize_mends_or_drops_each_kind_and_says_so(tmp_path, caplog):
     assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in out[0]["annotations"])
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mine:")]
     assert line == [
-        "mine: 1 images, 3 boxes; mended or dropped: 1 boxes clipped to the image, 1 boxes of unknown "
-        "classes, 1 boxes without valid coordinates, 1 missing image files, 2 zero-area boxes"
+        "mine: 1 images, 3 boxes; mended or dropped: 1 boxes clipped to the image (a.jpg), 1 boxes of unknown "
+        "classes (a.jpg), 1 boxes without valid coordinates (a.jpg), 1 missing image files (missing.jpg), "
+        "2 zero-area boxes (a.jpg)"
     ]
     assert len(dicts[0]["annotations"]) == 7  # the input is left as it was
 
@@ -131,8 +133,12 @@ def test_voc_folder_with_broken_annotations(tmp_path, caplog):
     assert [a["bbox"] for a in annos] == [[0.0, 0.0, 10.0, 10.0], [49.0, 39.0, 64.0, 48.0]]
     assert [a["category_id"] for a in annos] == [0, 0]
     text = caplog.text
-    assert "unreadable annotation files" in text
-    assert "myvoc: 1 images, 2 boxes; mended or dropped: 1 boxes clipped to the image, 1 boxes of unknown classes, 1 missing image files, 1 zero-area boxes" in text
+    assert "img3.xml" in text  # with its parse error
+    assert (
+        "myvoc: 1 images, 2 boxes; mended or dropped: 1 boxes clipped to the image (img1.jpg), 1 boxes of "
+        "unknown classes (img1.jpg), 1 missing image files (img2.jpg), 1 unreadable annotation files (img3.xml), "
+        "1 zero-area boxes (img1.jpg)"
+    ) in text
     with pytest.raises(FileNotFoundError, match="PASCAL VOC layout"):
         load_voc_instances(root, "nosuchsplit", ["cat"])
 
@@ -144,7 +150,10 @@ def test_bccd_splits_drop_its_two_zero_area_boxes(caplog):
     with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
         sizes = {s: len(DatasetCatalog.get(f"bccd_{s}")) for s in ("train", "val", "trainval", "test")}
     assert sizes == {"train": 205, "val": 87, "trainval": 292, "test": 72}
-    assert "bccd_trainval: 292 images, 3941 boxes; mended or dropped: 2 zero-area boxes" in caplog.text
+    assert (
+        "bccd_trainval: 292 images, 3941 boxes; mended or dropped: 2 zero-area boxes "
+        "(BloodImage_00338.jpg, BloodImage_00343.jpg)"
+    ) in caplog.text
     assert MetadataCatalog.get("bccd_test").thing_classes == BCCD_CLASSES
 
 
@@ -173,4 +182,171 @@ def test_coco_json_maps_ids_and_drops_broken(tmp_path, caplog):
     # Categories sorted by id: 5 -> 0 ("a"), 9 -> 1 ("b").
     assert [(a["category_id"], a["bbox"]) for a in annos] == [
         (1, [1, 2, 11, 12]), (0, [3, 3, 13, 13]), (0, [45, 30, 50, 40])]
-    assert "1 boxes clipped to the image, 1 boxes of unknown classes, 1 missing image files" in caplog.text
+    assert (
+        "1 boxes clipped to the image (a.png), 1 boxes of unknown classes (a.png), 1 missing image files (gone.png)"
+    ) in caplog.text
+
+
+def _summary(caplog, name):
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{name}: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_summary_names_up_to_three_files_per_kind(tmp_path, caplog):
+    dicts = [_record(tmp_path, [], exists=False, name=f"m{i}.jpg") for i in range(5)]
+    dicts.append(_record(tmp_path, [_box(5, 5, 5, 9), _box(7, 7, 7, 9)], name="z.jpg"))
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        out = sanitize_dataset_dicts(dicts, "few", num_classes=1)
+    assert [os.path.basename(r["file_name"]) for r in out] == ["z.jpg"]
+    # Counts are of things (5 files, 2 boxes); examples are distinct files.
+    assert _summary(caplog, "few") == (
+        "few: 1 images, 0 boxes; mended or dropped: 5 missing image files (m0.jpg, m1.jpg, m2.jpg, ...), "
+        "2 zero-area boxes (z.jpg)"
+    )
+
+
+def test_voc_non_numeric_fields_drop_the_box_and_read_the_size_from_the_image(tmp_path, caplog):
+    root = str(tmp_path / "voc")
+    make_voc(root, [("good", [("cat", (1, 1, 10, 10))], True), ("bad", [("cat", (1, 1, 10, 10))], True),
+                    ("nosize", [("cat", (1, 1, 10, 10))], True)])
+    ann = os.path.join(root, "Annotations")
+    with open(os.path.join(ann, "bad.xml")) as f:
+        xml = f.read()
+    xml = xml.replace("<width>64</width>", "<width>abc</width>")
+    xml = xml.replace("</annotation>", VOC_OBJ.format("abc", 2, 20, 20, cls="cat") + "</annotation>")
+    with open(os.path.join(ann, "bad.xml"), "w") as f:
+        f.write(xml)
+    with open(os.path.join(ann, "nosize.xml")) as f:
+        xml = f.read()
+    with open(os.path.join(ann, "nosize.xml"), "w") as f:
+        f.write(xml.replace("<size><width>64</width><height>48</height></size>", ""))
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        dicts = load_voc_instances(root, "train", ["cat"], name="numbers")
+    assert [(d["image_id"], d["height"], d["width"], len(d["annotations"])) for d in dicts] == [
+        ("good", 48, 64, 1), ("bad", 48, 64, 1), ("nosize", 48, 64, 1)]
+    assert _summary(caplog, "numbers") == (
+        "numbers: 3 images, 3 boxes; mended or dropped: 1 boxes without valid coordinates (bad.jpg), "
+        "2 image sizes read from the image file (bad.jpg, nosize.jpg)"
+    )
+
+
+def test_unreadable_image_files_are_dropped_at_load(tmp_path, caplog):
+    root = str(tmp_path / "voc")
+    make_voc(root, [("ok", [("cat", (1, 1, 10, 10))], True), ("fake", [("cat", (1, 1, 10, 10))], False)])
+    # Passes an existence check; PIL (detectron2's reader) cannot identify it.
+    with open(os.path.join(root, "JPEGImages", "fake.jpg"), "wb") as f:
+        f.write(b"<html>not an image</html>")
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "ok.png"), np.zeros((40, 50, 3), np.uint8))
+    (images / "fake.png").write_text("not an image either")
+    json_file = tmp_path / "c.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "ok.png", "height": 40, "width": 50},
+                   {"id": 2, "file_name": "fake.png", "height": 40, "width": 50}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": i, "image_id": i, "bbox": [1, 1, 5, 5], "category_id": 1} for i in (1, 2)],
+    }))
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        voc = load_voc_instances(root, "train", ["cat"], name="fakevoc")
+        coco = load_coco_instances(str(json_file), str(images), "fakecoco")
+    assert [d["image_id"] for d in voc] == ["ok"] and [d["image_id"] for d in coco] == [1]
+    dropped = "1 images, 1 boxes; mended or dropped: 1 unreadable image files"
+    assert _summary(caplog, "fakevoc") == f"fakevoc: {dropped} (fake.jpg)"
+    assert _summary(caplog, "fakecoco") == f"fakecoco: {dropped} (fake.png)"
+
+
+def test_coco_broken_entries_are_dropped_and_counted(tmp_path, caplog):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(images / name), np.zeros((40, 50, 3), np.uint8))
+
+    def anno(i, image_id=1, **kw):
+        return dict({"id": i, "image_id": image_id, "bbox": [1, 2, 10, 10], "category_id": 1, "iscrowd": 0}, **kw)
+
+    no_bbox = anno(2)
+    del no_bbox["bbox"]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 50},
+                   {"id": 2, "file_name": "b.png"},  # no size: read from b.png
+                   {"file_name": "c.png"}],  # no id
+        "categories": [{"id": 1, "name": "cell"}],
+        "annotations": [
+            anno(1),
+            no_bbox,
+            anno(3, bbox=None),
+            anno(4, bbox=[1, 2, 3]),
+            anno(5, bbox="1,2,3,4"),
+            anno(6, bbox=[1, "2", 3, 4]),
+            anno(7, image_id=99),
+            anno(8, segmentation=[[1, 2, 3, 4]]),  # fewer than 3 points: detectron2 drops it
+            anno(9, image_id=2, bbox=[5, 5, 10, 10]),
+        ],
+    }
+    json_file = tmp_path / "broken.json"
+    json_file.write_text(json.dumps(data))
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        dicts = load_coco_instances(str(json_file), str(images), "brokencoco")
+    assert [(d["image_id"], d["height"], d["width"]) for d in dicts] == [(1, 40, 50), (2, 40, 50)]
+    assert [a["bbox"] for d in dicts for a in d["annotations"]] == [[1, 2, 11, 12], [5, 5, 15, 15]]
+    assert _summary(caplog, "brokencoco") == (
+        "brokencoco: 2 images, 2 boxes; mended or dropped: 1 annotations of no listed image (annotations[6]), "
+        "1 annotations without a valid segmentation (a.png), 5 boxes without valid coordinates (a.png), "
+        "1 image entries without id or file_name (images[2]), 1 image sizes read from the image file (b.png)"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json at all", r"not a json file \(Expecting value: line 1 column 1"),
+        ('{"images": [], "annotations": [], "categories": []}', r'"categories" is \[\]: list the classes'),
+        ('{"images": [], "annotations": []}', r'"categories" is null'),
+        ('[1, 2]', r"the json holds a list, not an object"),
+        ('{"images": [], "categories": [{"id": 1}]}', r'categories\[0\] is \{"id": 1\}'),
+    ],
+)
+def test_broken_coco_files_are_refused_at_registration_with_their_path(tmp_path, content, message):
+    from types import SimpleNamespace
+
+    from detectron2.config import get_cfg
+
+    from dynamic_rcnn.data import register_coco, register_from_args
+
+    json_file = tmp_path / "bad.json"
+    json_file.write_text(content)
+    path = re.escape(str(json_file))
+    with pytest.raises(ValueError, match=rf"^{path}: {message}"):
+        register_coco("refused_coco", str(json_file), str(tmp_path))
+    assert "refused_coco" not in DatasetCatalog.list()
+    args = SimpleNamespace(train_json=str(json_file), train_images=str(tmp_path), test_json=None, test_images=None)
+    with pytest.raises(ValueError, match=rf"^--train-json {path}: {message}"):
+        register_from_args(args, get_cfg())
+
+
+def test_bccd_root_also_looks_where_detectron2_users_keep_datasets(tmp_path, monkeypatch):
+    import dynamic_rcnn.data as data
+
+    def make(*parts):
+        path = tmp_path.joinpath(*parts)
+        (path / "Annotations").mkdir(parents=True)
+        return str(path)
+
+    monkeypatch.delenv("DYNAMIC_RCNN_DATASETS", raising=False)
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    (tmp_path / "project").mkdir()
+    monkeypatch.setattr(data, "_PROJECT_ROOT", str(tmp_path / "project"))
+    monkeypatch.chdir(tmp_path)
+    assert data.bccd_root() is None
+    make("datasets", "BCCD")  # detectron2's default: ./datasets
+    assert data.bccd_root() == os.path.join("datasets", "BCCD")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
+    d2 = make("d2", "BCCD")
+    assert data.bccd_root() == d2
+    shared = make("shared", "data", "BCCD")  # beside the project: comes first
+    assert data.bccd_root() == shared
+    monkeypatch.setenv("DYNAMIC_RCNN_DATASETS", str(tmp_path / "mine"))
+    mine = make("mine", "BCCD")
+    assert data.bccd_root() == mine

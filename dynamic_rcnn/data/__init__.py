@@ -7,8 +7,8 @@ import os
 
 from detectron2.data import DatasetCatalog
 
-from .coco import load_coco_instances, register_coco
-from .sanitize import sanitize_dataset_dicts
+from .coco import load_coco_instances, read_coco_json, register_coco
+from .sanitize import DropLog, image_file_size, sanitize_dataset_dicts
 from .shapes import SHAPES_CLASSES, generate_shapes_image, load_shapes, register_shapes
 from .voc import BCCD_CLASSES, load_voc_instances, register_voc
 
@@ -22,7 +22,10 @@ __all__ = [
     "register_voc",
     "load_coco_instances",
     "register_coco",
+    "read_coco_json",
     "sanitize_dataset_dicts",
+    "image_file_size",
+    "DropLog",
     "bccd_root",
     "register_builtin",
     "register_from_args",
@@ -43,11 +46,22 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 def bccd_root():
-    """The BCCD folder: ``$DYNAMIC_RCNN_DATASETS/BCCD``, else ``../shared/data/BCCD`` beside the project; or None."""
+    """
+    The BCCD folder (one with ``Annotations/``), the first found of:
+
+    1. ``$DYNAMIC_RCNN_DATASETS/BCCD``;
+    2. ``../shared/data/BCCD`` beside the project's folder (a source checkout);
+    3. ``$DETECTRON2_DATASETS/BCCD``, ``./datasets/BCCD`` when the variable is unset (detectron2's
+       own convention, which also serves a non-editable install).
+
+    None when there is none: the ``bccd_*`` datasets are then not registered.
+    """
     candidates = []
     if os.environ.get("DYNAMIC_RCNN_DATASETS"):
         candidates.append(os.path.join(os.environ["DYNAMIC_RCNN_DATASETS"], "BCCD"))
     candidates.append(os.path.join(_PROJECT_ROOT, "..", "shared", "data", "BCCD"))
+    # detectron2's builtin datasets read the same variable with the same default.
+    candidates.append(os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "BCCD"))
     for path in candidates:
         if os.path.isdir(os.path.join(path, "Annotations")):
             return os.path.normpath(path)
@@ -55,6 +69,7 @@ def bccd_root():
 
 
 def register_builtin() -> None:
+    """Register the ``shapes_*`` splits and, when ``bccd_root()`` finds BCCD, the ``bccd_*`` ones (once)."""
     registered = set(DatasetCatalog.list())
     for name, (n, seed, size) in _SHAPES_SPLITS.items():
         if name not in registered:
@@ -87,7 +102,10 @@ def register_from_args(args, cfg) -> None:
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        register_coco(name, json_file, images)
+        try:
+            register_coco(name, json_file, images)
+        except ValueError as e:  # the message names the file; say which option gave it
+            raise ValueError(f"--{split}-json {e}") from None
         cfg.DATASETS[key] = (name,)
         num_classes = len(MetadataCatalog.get(name).thing_classes)
         if cfg.MODEL.ROI_HEADS.NUM_CLASSES != num_classes:

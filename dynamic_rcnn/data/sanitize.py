@@ -1,58 +1,170 @@
 """Checks every annotation of a dataset once, at load time: what is broken is mended or dropped, and said."""
 import logging
 import math
+import numbers
 import os
 from collections import Counter
-from typing import Dict, List
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from detectron2.structures import BoxMode
+from PIL import Image
 
-__all__ = ["sanitize_dataset_dicts"]
+__all__ = ["sanitize_dataset_dicts", "image_file_size", "DropLog"]
 
 logger = logging.getLogger(__name__)
 
+_EXIF_ORIENTATION = 274  # the tag detectron2's read_image honours
+_EXAMPLES = 3  # example files named per kind in the summary line
 
-def sanitize_dataset_dicts(dicts: List[Dict], name: str, num_classes: int, check_files: bool = True) -> List[Dict]:
+
+def image_file_size(path: str) -> Optional[Tuple[int, int]]:
+    """
+    ``(height, width)`` of the image file ``path`` as detectron2's ``read_image`` will return it
+    (EXIF orientation applied), read from the file's header without decoding the pixels; None when
+    PIL cannot open it (not an image, an unknown format, a broken header, a missing file).
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            # Only EXIF that is already in the header: PNG's getexif() would otherwise decode the
+            # whole image to look for a chunk after the pixels, which would make the check costly.
+            if "exif" in image.info or hasattr(image, "tag_v2"):
+                try:
+                    if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # a quarter turn
+                        width, height = height, width
+                except Exception:  # detectron2 ignores unreadable EXIF as well
+                    pass
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return None
+    return height, width
+
+
+class DropLog:
+    """
+    Counts of what was mended or dropped, by kind, with the first few files of each kind: the
+    material of the one summary line a dataset logs. Loaders use it for what they drop before
+    ``sanitize_dataset_dicts`` sees a record (an unreadable XML file, a COCO entry without an id).
+    """
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.examples: Dict[str, List[str]] = {}
+        self._more: Dict[str, bool] = {}
+
+    def add(self, kind: str, example: str, n: int = 1) -> None:
+        """Count ``n`` things of ``kind`` found in ``example`` (a file name, or where in a file)."""
+        self.counts[kind] += n
+        examples = self.examples.setdefault(kind, [])
+        if example not in examples:
+            if len(examples) < _EXAMPLES:
+                examples.append(example)
+            else:
+                self._more[kind] = True
+
+    def summary(self) -> str:
+        """``"2 zero-area boxes (a.jpg, b.jpg), 1 missing image files (c.jpg)"``, kinds sorted; "" when empty."""
+        parts = []
+        for kind, n in sorted(self.counts.items()):
+            names = ", ".join(self.examples[kind] + (["..."] if self._more.get(kind) else []))
+            parts.append(f"{n} {kind} ({names})")
+        return ", ".join(parts)
+
+
+def _is_size(value) -> bool:
+    # detectron2 compares the record's size with the decoded image's: 48 and 48.0 both match.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0 and float(value).is_integer()
+
+
+def _box(anno: Dict) -> Optional[List[float]]:
+    """The annotation's box as XYXY_ABS, or None when it has no 4 finite numbers or no known mode."""
+    bbox, mode = anno.get("bbox"), anno.get("bbox_mode")
+    if bbox is None or isinstance(bbox, (str, bytes, dict)):
+        return None
+    try:
+        bbox = list(bbox)  # a list, a tuple or a numpy array
+    except TypeError:  # a number
+        return None
+    if len(bbox) != 4:
+        return None
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+        return None
+    try:
+        mode = BoxMode(mode)
+    except (ValueError, TypeError):
+        return None
+    if mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):  # relative and rotated boxes: not ours to read
+        return None
+    return list(BoxMode.convert(bbox, mode, BoxMode.XYXY_ABS))
+
+
+def sanitize_dataset_dicts(
+    dicts: List[Dict],
+    name: str,
+    num_classes: int,
+    check_files: bool = True,
+    dropped: Optional[DropLog] = None,
+) -> List[Dict]:
     """
     Mend or drop broken records of a detectron2 dataset, and log one line that says how many of
-    each kind there were. Nothing raises:
+    each kind there were, naming up to 3 files of each kind. Nothing raises:
 
     - an image file that does not exist: the image is dropped;
+    - a file that PIL cannot open (not an image, a broken header; detectron2 reads images with
+      PIL, so training would die on it): the image is dropped. Only the header is read;
+    - a missing or invalid ``height``/``width``: read from the image file's header;
     - a box partly outside the image: clipped to it;
     - a box of zero area (after clipping; wholly outside the image included): dropped;
-    - a box with a missing or non-numeric coordinate: dropped;
+    - a box with a missing, non-numeric or non-finite coordinate (or not 4 of them): dropped;
     - a ``category_id`` outside ``[0, num_classes)`` (e.g. an unknown class name): dropped.
 
-    Boxes are turned into ``XYXY_ABS``. Returns the mended records (new dicts; the input is not changed).
+    ``check_files=False`` skips the file checks (and so cannot mend a missing size). ``dropped``
+    holds what the loader already dropped: it is counted in the same line. Boxes are turned into
+    ``XYXY_ABS``. Returns the mended records (new dicts; the input is not changed).
     """
-    counts: Counter = Counter()
+    log = dropped if dropped is not None else DropLog()
     out = []
     for record in dicts:
-        if check_files and not os.path.isfile(record["file_name"]):
-            counts["missing image files"] += 1
-            continue
+        file_name = record.get("file_name", "")
+        example = os.path.basename(file_name)
         h, w = record.get("height"), record.get("width")
+        if check_files:
+            if not os.path.isfile(file_name):
+                log.add("missing image files", example)
+                continue
+            size = image_file_size(file_name)
+            if size is None:
+                log.add("unreadable image files", example)
+                continue
+            if not (_is_size(h) and _is_size(w)):
+                # detectron2's mapper needs the size: without it, it would raise a size mismatch.
+                h, w = size
+                log.add("image sizes read from the image file", example)
+                record = dict(record, height=h, width=w)
+        if not (_is_size(h) and _is_size(w)):
+            h = w = None
         annos = []
         for anno in record.get("annotations", []):
-            if not 0 <= anno.get("category_id", -1) < num_classes:
-                counts["boxes of unknown classes"] += 1
+            category = anno.get("category_id", -1)
+            if not (isinstance(category, int) and not isinstance(category, bool) and 0 <= category < num_classes):
+                log.add("boxes of unknown classes", example)
                 continue
-            x0, y0, x1, y1 = BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS)
-            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-                counts["boxes without valid coordinates"] += 1
+            box = _box(anno)
+            if box is None:
+                log.add("boxes without valid coordinates", example)
                 continue
+            x0, y0, x1, y1 = box
             if h is not None and w is not None:
                 clipped = [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
                 if clipped != [x0, y0, x1, y1] and clipped[2] > clipped[0] and clipped[3] > clipped[1]:
-                    counts["boxes clipped to the image"] += 1
+                    log.add("boxes clipped to the image", example)
                 x0, y0, x1, y1 = clipped
             if x1 <= x0 or y1 <= y0:
-                counts["zero-area boxes"] += 1
+                log.add("zero-area boxes", example)
                 continue
             annos.append(dict(anno, bbox=[x0, y0, x1, y1], bbox_mode=BoxMode.XYXY_ABS))
         out.append(dict(record, annotations=annos))
     n_boxes = sum(len(r["annotations"]) for r in out)
-    found = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+    found = log.summary()
     logger.info(
         "%s: %d images, %d boxes%s", name, len(out), n_boxes,
         f"; mended or dropped: {found}" if found else "; no broken annotation",

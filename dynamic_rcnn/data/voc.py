@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .sanitize import sanitize_dataset_dicts
+from .sanitize import DropLog, sanitize_dataset_dicts
 
 __all__ = ["load_voc_instances", "register_voc", "BCCD_CLASSES"]
 
@@ -22,14 +22,33 @@ def _text(node, path, default=None):
     return found.text.strip() if found is not None and found.text else default
 
 
+def _number(text) -> float:
+    """``text`` as a float; NaN when it is missing or not a number (the sanitizer drops such boxes)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _size(text):
+    """A ``<size>`` field as an int; None when missing, non-numeric or 0 (the size is then read from the image)."""
+    try:
+        return int(float(text)) or None
+    except (TypeError, ValueError, OverflowError):  # None, "abc", "nan", "inf"
+        return None
+
+
 def load_voc_instances(root: str, split, class_names: Sequence[str], name: str = None) -> List[Dict]:
     """
     Read ``root/ImageSets/Main/{split}.txt``, ``root/Annotations/*.xml`` and ``root/JPEGImages``.
     ``split`` may be a sequence of splits, read one after the other (e.g. ``("val", "test")``).
 
     Boxes use VOC's 1-based pixel indexes (as detectron2's own VOC loader, 1 is taken off the
-    minimum corner of boxes that have an extent). Broken annotations are mended or dropped by ``sanitize_dataset_dicts``, with a
-    one-line summary; an unreadable XML file drops its image and is counted too.
+    minimum corner of boxes that have an extent). Broken annotations are mended or dropped by
+    ``sanitize_dataset_dicts``, with a one-line summary: a box with a missing or non-numeric
+    coordinate is dropped, a missing or non-numeric ``<size>`` is read from the image file. A
+    missing or unreadable XML file drops its image and is counted in the same line (its parse
+    error is logged as a warning). Raises FileNotFoundError, naming it, when a split file is missing.
     """
     ids = []
     for one in [split] if isinstance(split, str) else list(split):
@@ -39,25 +58,29 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
         with open(split_file) as f:
             ids += [line.split()[0] for line in f if line.strip()]
     index = {c: i for i, c in enumerate(class_names)}
-    dicts, unreadable = [], 0
+    dicts, dropped = [], DropLog()
     for image_id in ids:
         xml_file = os.path.join(root, "Annotations", f"{image_id}.xml")
         try:
             tree = ET.parse(xml_file).getroot()
+        except FileNotFoundError:
+            dropped.add("missing annotation files", os.path.basename(xml_file))
+            continue
         except (OSError, ET.ParseError) as e:
+            # The parse error says where in the file: worth its own line.
             logger.warning("%s: skipping %s: %s", name or root, xml_file, e)
-            unreadable += 1
+            dropped.add("unreadable annotation files", os.path.basename(xml_file))
             continue
         file_name = _text(tree, "filename") or f"{image_id}.jpg"
         record = {
             "file_name": os.path.join(root, "JPEGImages", os.path.basename(file_name)),
             "image_id": image_id,
-            "height": int(float(_text(tree, "size/height", 0))) or None,
-            "width": int(float(_text(tree, "size/width", 0))) or None,
+            "height": _size(_text(tree, "size/height")),
+            "width": _size(_text(tree, "size/width")),
             "annotations": [],
         }
         for obj in tree.findall("object"):
-            box = [float(_text(obj, f"bndbox/{k}", "nan")) for k in ("xmin", "ymin", "xmax", "ymax")]
+            box = [_number(_text(obj, f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
             # A box whose corners coincide as written (BCCD has two) has zero area, whatever
             # the pixel convention: it is left so for the sanitizer to drop and count.
             if box[2] > box[0] and box[3] > box[1]:
@@ -72,9 +95,7 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
                 }
             )
         dicts.append(record)
-    if unreadable:
-        logger.warning("%s: %d unreadable annotation files skipped", name or root, unreadable)
-    return sanitize_dataset_dicts(dicts, name or f"{root}:{split}", len(class_names))
+    return sanitize_dataset_dicts(dicts, name or f"{root}:{split}", len(class_names), dropped=dropped)
 
 
 def register_voc(name: str, root: str, split, class_names: Sequence[str]) -> None:
