@@ -34,9 +34,11 @@ def test_the_configs_say_what_the_paper_says():
     assert (base.MODEL.RESNETS.DEPTH, base.SOLVER.MAX_ITER) == (50, 90000)
     assert load("dynamic_rcnn_R_101_FPN_2x.yaml").SOLVER.MAX_ITER == 180000
     ms = load("dynamic_rcnn_R_101_FPN_ms_3x.yaml")
+    # The authors' dynamic_rcnn_r101_fpn_mstrain_3x: 270k iterations, short side one of five sizes.
     assert (ms.MODEL.RESNETS.DEPTH, ms.INPUT.MIN_SIZE_TRAIN_SAMPLING, tuple(ms.INPUT.MIN_SIZE_TRAIN)) == (
-        101, "range", (400, 1200))
+        101, "choice", (400, 600, 800, 1000, 1200))
     assert ms.INPUT.MAX_SIZE_TRAIN == 1400
+    assert (ms.SOLVER.MAX_ITER, tuple(ms.SOLVER.STEPS)) == (270000, (180000, 240000))
     assert load("dynamic_mask_rcnn_R_50_FPN_1x.yaml").MODEL.MASK_ON
     dla = load("dynamic_rcnn_R_50_FPN_1x_dla_only.yaml").MODEL.DYNAMIC_RCNN
     dsl = load("dynamic_rcnn_R_50_FPN_1x_dsl_only.yaml").MODEL.DYNAMIC_RCNN
