@@ -1,5 +1,6 @@
 """Config keys of Dynamic R-CNN, and the start-up check of their values."""
 import logging
+import math
 import os
 
 import torch
@@ -8,7 +9,13 @@ from detectron2.config import get_cfg
 
 from .statistics import STATISTICS
 
-__all__ = ["add_dynamic_rcnn_config", "validate_dynamic_rcnn_config", "load_config"]
+__all__ = [
+    "add_dynamic_rcnn_config",
+    "validate_dynamic_rcnn_config",
+    "check_dynamic_rcnn_args",
+    "check_box_loss",
+    "load_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +62,67 @@ def add_dynamic_rcnn_config(cfg):
     _C.MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU = 0.0
 
 
-def _fail(key, value, allowed):
-    raise ValueError(f"MODEL.DYNAMIC_RCNN.{key} = {value!r} is invalid: {allowed}.")
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Constructor argument -> (config key under MODEL.DYNAMIC_RCNN, test, what is allowed). The one
+# place that says what a valid value is: DynamicTracker and DynamicROIHeads check their arguments
+# with it (so every way of building them is covered: YAML, LazyCall, code), and
+# validate_dynamic_rcnn_config checks a whole config with it at start-up.
+_RULES = {
+    "enable_dla": ("ENABLE_DLA", lambda v: isinstance(v, bool), "it must be True or False"),
+    "enable_dsl": ("ENABLE_DSL", lambda v: isinstance(v, bool), "it must be True or False"),
+    "iou_topk": ("IOU_TOPK", _is_count, "it must be an integer >= 1"),
+    "error_topk": ("BETA_TOPK", _is_count, "it must be an integer >= 1"),
+    "update_period": ("UPDATE_PERIOD", _is_count, "it must be an integer >= 1"),
+    "warmup_iou": ("WARMUP_IOU", lambda v: _is_number(v) and 0.0 < v < 1.0,
+                   "it must lie in the open interval (0, 1)"),
+    "warmup_beta": ("WARMUP_BETA", lambda v: _is_number(v) and v > 0.0,
+                    "it must be a finite number > 0 (beta = 0 is the L1 loss)"),
+    "stats_include_gt": ("STATS_INCLUDE_GT", lambda v: isinstance(v, bool), "it must be True or False"),
+    "statistic": ("STATISTIC", lambda v: v in STATISTICS,
+                  f"it must be one of {', '.join(map(repr, STATISTICS))}"),
+    "reference_objects": ("REFERENCE_OBJECTS", lambda v: _is_number(v) and v > 0.0, "it must be a finite number > 0"),
+    "min_positives_iou": ("MIN_POSITIVES_IOU", lambda v: _is_number(v) and 0.0 <= v < 1.0,
+                          "it must lie in [0, 1) (0 switches the guard off)"),
+}
+CONFIG_KEYS = {arg: rule[0] for arg, rule in _RULES.items()}
+
+
+def check_dynamic_rcnn_args(**values) -> None:
+    """
+    Check Dynamic R-CNN settings given as constructor arguments (``iou_topk=75, ...``; the names of
+    :class:`DynamicTracker` and :class:`DynamicROIHeads`), and the combinations that are not
+    defined among those given.
+
+    Raises:
+        ValueError: naming the config key, the argument and the allowed values.
+    """
+    for arg, value in values.items():
+        key, ok, allowed = _RULES[arg]
+        if not ok(value):
+            raise ValueError(f"MODEL.DYNAMIC_RCNN.{key} = {value!r} is invalid: {allowed} (argument `{arg}`).")
+    if values.get("statistic") == "object" and values.get("stats_include_gt"):
+        raise ValueError(
+            "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = True is invalid: STATISTIC 'object' measures the RPN's "
+            "proposals of each object, and an appended ground-truth box would be its own object's best "
+            "proposal: set MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False (argument `stats_include_gt`)."
+        )
+
+
+def check_box_loss(enable_dsl: bool, loss_type: str) -> None:
+    """DSL moves the SmoothL1 beta: it is not defined for another box-regression loss."""
+    if enable_dsl and loss_type != "smooth_l1":
+        raise ValueError(
+            f"MODEL.DYNAMIC_RCNN.ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "
+            f"'smooth_l1' (Dynamic SmoothL1 Loss moves its beta), but it is {loss_type!r}. Set the loss "
+            "type to 'smooth_l1' (box_predictor's `box_reg_loss_type`), or ENABLE_DSL: False."
+        )
 
 
 def validate_dynamic_rcnn_config(cfg):
@@ -74,28 +140,7 @@ def validate_dynamic_rcnn_config(cfg):
             "before cfg.merge_from_file(...)."
         )
     d = cfg.MODEL.DYNAMIC_RCNN
-    for key in ("IOU_TOPK", "BETA_TOPK", "UPDATE_PERIOD"):
-        value = d[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _fail(key, value, "it must be an integer >= 1")
-    if not 0.0 < float(d.WARMUP_IOU) < 1.0:
-        _fail("WARMUP_IOU", d.WARMUP_IOU, "it must lie in the open interval (0, 1)")
-    if not isinstance(d.STATS_INCLUDE_GT, bool):
-        _fail("STATS_INCLUDE_GT", d.STATS_INCLUDE_GT, "it must be True or False")
-    if not float(d.WARMUP_BETA) > 0.0:
-        _fail("WARMUP_BETA", d.WARMUP_BETA, "it must be > 0 (beta = 0 is the L1 loss)")
-    if d.STATISTIC not in STATISTICS:
-        _fail("STATISTIC", d.STATISTIC, f"it must be one of {', '.join(map(repr, STATISTICS))}")
-    if not 0.0 < float(d.REFERENCE_OBJECTS) < float("inf"):
-        _fail("REFERENCE_OBJECTS", d.REFERENCE_OBJECTS, "it must be a number > 0")
-    if not 0.0 <= float(d.MIN_POSITIVES_IOU) < 1.0:
-        _fail("MIN_POSITIVES_IOU", d.MIN_POSITIVES_IOU, "it must lie in [0, 1) (0 switches the guard off)")
-    if d.STATISTIC == "object" and d.STATS_INCLUDE_GT:
-        _fail(
-            "STATS_INCLUDE_GT", d.STATS_INCLUDE_GT,
-            "STATISTIC 'object' measures the RPN's proposals of each object, and an appended ground-truth "
-            "box would be its own object's best proposal: set MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False",
-        )
+    check_dynamic_rcnn_args(**{arg: d[key] for arg, key in CONFIG_KEYS.items()})
 
     enabled = d.ENABLE_DLA or d.ENABLE_DSL
     head = cfg.MODEL.ROI_HEADS.NAME
@@ -105,13 +150,8 @@ def validate_dynamic_rcnn_config(cfg):
             "stages use the fixed thresholds MODEL.ROI_BOX_CASCADE_HEAD.IOUS. Set MODEL.ROI_HEADS.NAME: "
             "DynamicROIHeads, or MODEL.DYNAMIC_RCNN.ENABLE_DLA: False and ENABLE_DSL: False."
         )
-    loss = cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE
-    if head == "DynamicROIHeads" and d.ENABLE_DSL and loss != "smooth_l1":
-        raise ValueError(
-            f"MODEL.DYNAMIC_RCNN.ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "
-            f"'smooth_l1' (Dynamic SmoothL1 Loss moves its beta), but it is {loss!r}. Set the loss "
-            "type to 'smooth_l1', or ENABLE_DSL: False."
-        )
+    if head == "DynamicROIHeads":
+        check_box_loss(d.ENABLE_DSL, cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE)
 
 
 def load_config(config_file: str, opts=()):

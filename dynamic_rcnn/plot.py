@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Dict, List, Tuple
 
-__all__ = ["read_metrics", "plot_dynamics", "plot_losses", "main"]
+__all__ = ["read_metrics", "update_steps", "read_update_period", "plot_dynamics", "plot_losses", "main"]
 
 Series = Dict[str, List[Tuple[int, float]]]
 
@@ -39,6 +39,40 @@ def read_metrics(path: str) -> Series:
     return {k: sorted(v.items()) for k, v in by_iter.items()}
 
 
+def read_update_period(run_dir: str):
+    """``MODEL.DYNAMIC_RCNN.UPDATE_PERIOD`` of the run's ``config.yaml`` (detectron2 writes it), or None."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    import yaml
+
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    period = ((cfg.get("MODEL") or {}).get("DYNAMIC_RCNN") or {}).get("UPDATE_PERIOD")
+    return period if isinstance(period, int) and period >= 1 else None
+
+
+def update_steps(values: List[Tuple[int, float]], update_period=None) -> List[Tuple[int, float]]:
+    """
+    A value in force (threshold or beta) as step points at the iterations it changed. The rows of
+    ``metrics.json`` are every 20 iterations or so, and an update happens before iteration
+    ``k x update_period``: a change seen between two rows is put at the first multiple of
+    ``update_period`` after the earlier row (where it happened, when one update lies in between);
+    without ``update_period``, at the later row.
+    """
+    points = list(values[:1])
+    for (i0, v0), (i1, v1) in zip(values, values[1:]):
+        if v1 != v0:
+            at = i1
+            if update_period:
+                first = (i0 // update_period + 1) * update_period
+                at = first if first <= i1 else i1
+            points.append((at, v1))
+    if values and points[-1][0] != values[-1][0]:
+        points.append(values[-1])
+    return points
+
+
 def _figure(rows):
     import matplotlib
 
@@ -49,8 +83,11 @@ def _figure(rows):
     return plt, fig, axes[:, 0]
 
 
-def plot_dynamics(series: Series, out_file: str) -> bool:
-    """Draw ``dynamics.png``; False (nothing drawn) when the run has no Dynamic R-CNN scalars."""
+def plot_dynamics(series: Series, out_file: str, update_period=None) -> bool:
+    """
+    Draw ``dynamics.png``; False (nothing drawn) when the run has no Dynamic R-CNN scalars. Each
+    change of the threshold or beta is drawn at its update iteration (see :func:`update_steps`).
+    """
     panels = [
         ("dynamic_rcnn/iou_threshold", "dynamic_rcnn/iou_stat", "IoU threshold", "IoU statistic (K_I-th IoU)"),
         ("dynamic_rcnn/beta", "dynamic_rcnn/error_stat", "SmoothL1 beta", "error statistic (K_E-th error)"),
@@ -63,7 +100,7 @@ def plot_dynamics(series: Series, out_file: str) -> bool:
             xs, ys = zip(*series[stat])
             ax.plot(xs, ys, ".", color="0.6", markersize=3, label=stat_label)
         if value in series:
-            xs, ys = zip(*series[value])
+            xs, ys = zip(*update_steps(series[value], update_period))
             ax.step(xs, ys, where="post", color="C3", linewidth=2, label=value_label)
         ax.set_ylabel(value_label)
         ax.grid(alpha=0.3)
@@ -100,6 +137,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a training output folder holding metrics.json")
     parser.add_argument("--out", help="where to write the figures (default: run_dir)")
+    parser.add_argument("--update-period", type=int,
+                        help="MODEL.DYNAMIC_RCNN.UPDATE_PERIOD of the run (default: read from run_dir/config.yaml)")
     args = parser.parse_args(argv)
     metrics = os.path.join(args.run_dir, "metrics.json")
     if not os.path.isfile(metrics):
@@ -108,9 +147,17 @@ def main(argv=None) -> int:
     series = read_metrics(metrics)
     out = args.out or args.run_dir
     os.makedirs(out, exist_ok=True)
-    for name, draw in (("dynamics.png", plot_dynamics), ("losses.png", plot_losses)):
+    period = args.update_period or read_update_period(args.run_dir)
+    if period is None and "dynamic_rcnn/iou_threshold" in series:
+        print(f"note: no UPDATE_PERIOD (no {args.run_dir}/config.yaml, no --update-period): each update "
+              "is drawn at the first logged iteration after it")
+    drawn = {
+        "dynamics.png": lambda path: plot_dynamics(series, path, period),
+        "losses.png": lambda path: plot_losses(series, path),
+    }
+    for name, draw in drawn.items():
         path = os.path.join(out, name)
-        print(f"wrote {path}" if draw(series, path) else f"skipped {name}: no scalars for it in {metrics}")
+        print(f"wrote {path}" if draw(path) else f"skipped {name}: no scalars for it in {metrics}")
     return 0
 
 

@@ -7,7 +7,7 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances
 
-from .config import validate_dynamic_rcnn_config
+from .config import CONFIG_KEYS, check_box_loss, check_dynamic_rcnn_args, validate_dynamic_rcnn_config
 from .statistics import matched_statistics
 from .tracker import DynamicTracker
 
@@ -76,35 +76,28 @@ class DynamicROIHeads(StandardROIHeads):
     few batched operations and no second IoU matrix.
     """
 
+    # Constants for TorchScript, as detectron2's scripting patch makes them for StandardROIHeads
+    # only: scripting then compiles only the branches the model has (no mask_pooler without masks).
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
+
     @configurable
-    def __init__(
-        self,
-        *,
-        tracker: DynamicTracker,
-        stats_include_gt: bool = True,
-        statistic: str = "image",
-        reference_objects: float = 7.0,
-        min_positives_iou: float = 0.0,
-        **kwargs,
-    ):
+    def __init__(self, *, tracker: DynamicTracker, min_positives_iou: float = 0.0, **kwargs):
         """
         Args:
-            tracker: owner of the threshold and beta in force.
-            stats_include_gt: whether the appended ground-truth boxes count in the statistics
-                (``MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT``).
-            statistic: ``"image"`` (the paper), ``"scaled"`` or ``"object"``
-                (``MODEL.DYNAMIC_RCNN.STATISTIC``; see :func:`~dynamic_rcnn.statistics.matched_statistics`).
-            reference_objects: objects per image the top-k values were chosen for
-                (``MODEL.DYNAMIC_RCNN.REFERENCE_OBJECTS``).
-            min_positives_iou: the positives guard of :class:`DynamicMatcher` (0: off).
+            tracker: owner of the Dynamic R-CNN settings and of the threshold and beta in force.
+            min_positives_iou: the positives guard of :class:`DynamicMatcher`
+                (``MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU``; 0: off).
             kwargs: those of ``StandardROIHeads``; ``proposal_matcher`` must be a single-threshold
-                ``Matcher`` with labels [0, 1] (a plain one is replaced by a :class:`DynamicMatcher`).
+                ``Matcher`` with labels [0, 1] (it is replaced by a :class:`DynamicMatcher`), and the
+                box predictor's loss must be SmoothL1 when DSL is on.
         """
+        check_dynamic_rcnn_args(min_positives_iou=min_positives_iou)
         super().__init__(**kwargs)
+        if not isinstance(tracker, DynamicTracker):
+            raise TypeError(f"DynamicROIHeads needs a DynamicTracker as `tracker`, got {type(tracker).__name__}")
+        check_box_loss(tracker.enable_dsl, getattr(self.box_predictor, "box_reg_loss_type", "smooth_l1"))
         self.tracker = tracker
-        self.stats_include_gt = stats_include_gt
-        self.statistic = statistic
-        self.reference_objects = reference_objects
         matcher = self.proposal_matcher
         if (
             len(matcher.thresholds) != 3
@@ -129,18 +122,9 @@ class DynamicROIHeads(StandardROIHeads):
         ret = super().from_config(cfg, input_shape)
         d = cfg.MODEL.DYNAMIC_RCNN
         ret["tracker"] = DynamicTracker(
-            iou_topk=d.IOU_TOPK,
-            error_topk=d.BETA_TOPK,
-            update_period=d.UPDATE_PERIOD,
-            warmup_iou=d.WARMUP_IOU,
-            warmup_beta=d.WARMUP_BETA,
-            enable_dla=d.ENABLE_DLA,
-            enable_dsl=d.ENABLE_DSL,
+            **{arg: d[key] for arg, key in CONFIG_KEYS.items() if arg != "min_positives_iou"}
         )
         ret["proposal_matcher"] = DynamicMatcher(d.WARMUP_IOU)
-        ret["stats_include_gt"] = d.STATS_INCLUDE_GT
-        ret["statistic"] = d.STATISTIC
-        ret["reference_objects"] = d.REFERENCE_OBJECTS
         ret["min_positives_iou"] = d.MIN_POSITIVES_IOU
         return ret
 
@@ -174,7 +158,8 @@ class DynamicROIHeads(StandardROIHeads):
                 "the statistics need one call per image, as StandardROIHeads makes them."
             )
         # The matcher saw the proposals, then (when appended) the ground-truth boxes.
-        with_gt = self.proposal_append_gt and self.stats_include_gt
+        tracker = self.tracker
+        with_gt = self.proposal_append_gt and tracker.stats_include_gt
         max_ious, matched_gt, boxes, gts = [], [], [], []
         for p, t, r in zip(proposals, targets, records):
             n = len(p) if self.proposal_append_gt and not with_gt else None  # first n: the proposals
@@ -191,12 +176,12 @@ class DynamicROIHeads(StandardROIHeads):
             boxes,
             gts,
             self.box_predictor.box2box_transform,
-            self.tracker.iou_topk,
-            self.tracker.error_topk,
-            self.statistic,
-            self.reference_objects,
+            tracker.iou_topk,
+            tracker.error_topk,
+            tracker.statistic,
+            tracker.reference_objects,
         )
         if stats is not None:
             # The sampling just before synchronised the device: reading two numbers is cheap here,
             # and the tracker holds plain floats from now on.
-            self.tracker.record(*torch.stack(stats).tolist())
+            tracker.record(*torch.stack(stats).tolist())

@@ -18,11 +18,12 @@ def test_defaults_are_the_papers():
     validate_dynamic_rcnn_config(cfg)
 
 
-def test_stats_include_gt_must_be_a_bool():
+@pytest.mark.parametrize("key", ["STATS_INCLUDE_GT", "ENABLE_DLA", "ENABLE_DSL"])
+def test_switches_must_be_bools(key):
     cfg = tiny_cfg()
     cfg.defrost()
-    cfg.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = 1  # set from code: yacs checks no types here
-    with pytest.raises(ValueError, match="STATS_INCLUDE_GT = 1 is invalid: it must be True or False"):
+    cfg.MODEL.DYNAMIC_RCNN[key] = 1  # set from code: yacs checks no types here
+    with pytest.raises(ValueError, match=f"{key} = 1 is invalid: it must be True or False"):
         build_model(cfg)
 
 
@@ -34,10 +35,14 @@ def test_stats_include_gt_must_be_a_bool():
         ("UPDATE_PERIOD", 0, "UPDATE_PERIOD = 0 is invalid"),
         ("WARMUP_IOU", 0.0, r"WARMUP_IOU = 0.0 is invalid: it must lie in the open interval \(0, 1\)"),
         ("WARMUP_IOU", 1.0, "WARMUP_IOU = 1.0 is invalid"),
-        ("WARMUP_BETA", 0.0, "WARMUP_BETA = 0.0 is invalid: it must be > 0"),
+        ("WARMUP_BETA", 0.0, "WARMUP_BETA = 0.0 is invalid: it must be a finite number > 0"),
         ("WARMUP_BETA", -1.0, "WARMUP_BETA = -1.0 is invalid"),
+        # 1e999 and YAML's .inf are float('inf'): beta = inf would make loss_box_reg 0 every iteration.
+        ("WARMUP_BETA", float("inf"), "WARMUP_BETA = inf is invalid: it must be a finite number > 0"),
+        ("WARMUP_IOU", float("nan"), "WARMUP_IOU = nan is invalid"),
+        ("REFERENCE_OBJECTS", float("inf"), "REFERENCE_OBJECTS = inf is invalid"),
         ("STATISTIC", "median", "STATISTIC = 'median' is invalid: it must be one of 'image', 'scaled', 'object'"),
-        ("REFERENCE_OBJECTS", 0.0, "REFERENCE_OBJECTS = 0.0 is invalid: it must be a number > 0"),
+        ("REFERENCE_OBJECTS", 0.0, "REFERENCE_OBJECTS = 0.0 is invalid: it must be a finite number > 0"),
         ("MIN_POSITIVES_IOU", 1.0, r"MIN_POSITIVES_IOU = 1.0 is invalid: it must lie in \[0, 1\)"),
         ("MIN_POSITIVES_IOU", -0.1, "MIN_POSITIVES_IOU = -0.1 is invalid"),
     ],
@@ -76,3 +81,47 @@ def test_object_statistic_needs_the_rpn_proposals_only():
         validate_dynamic_rcnn_config(cfg)
     cfg.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = False
     validate_dynamic_rcnn_config(cfg)
+
+
+def test_infinite_beta_from_the_command_line_and_yaml_fails(tmp_path):
+    from dynamic_rcnn.config import load_config
+
+    from conftest import SHAPES_BASE
+
+    with pytest.raises(ValueError, match="WARMUP_BETA = inf is invalid"):
+        load_config(SHAPES_BASE, ["MODEL.DYNAMIC_RCNN.WARMUP_BETA", "1e999"])
+    config = tmp_path / "inf.yaml"
+    config.write_text(f"_BASE_: {SHAPES_BASE}\nMODEL:\n  DYNAMIC_RCNN:\n    WARMUP_BETA: .inf\n")
+    with pytest.raises(ValueError, match="WARMUP_BETA = inf is invalid"):
+        load_config(str(config))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(iou_topk=0), r"IOU_TOPK = 0 is invalid: it must be an integer >= 1 \(argument `iou_topk`\)"),
+    (dict(update_period=0), "UPDATE_PERIOD = 0 is invalid"),
+    (dict(warmup_iou=1.5), "WARMUP_IOU = 1.5 is invalid"),
+    (dict(warmup_beta=float("inf")), "WARMUP_BETA = inf is invalid"),
+    (dict(statistic="object"), "STATS_INCLUDE_GT = True is invalid"),
+])
+def test_tracker_checks_its_arguments_however_it_is_built(kwargs, message):
+    """A LazyCall or code builds DynamicTracker without a config: the same checks apply."""
+    from dynamic_rcnn import DynamicTracker
+
+    with pytest.raises(ValueError, match=message):
+        DynamicTracker(**kwargs)
+
+
+def test_head_checks_its_arguments_however_it_is_built():
+    from dynamic_rcnn import DynamicROIHeads
+
+    from conftest import roi_input_shape
+
+    cfg = tiny_cfg()
+    args = DynamicROIHeads.from_config(cfg, roi_input_shape(cfg))
+    args["box_predictor"].box_reg_loss_type = "giou"
+    with pytest.raises(ValueError, match="ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE"):
+        DynamicROIHeads(**args)
+    args["box_predictor"].box_reg_loss_type = "smooth_l1"
+    with pytest.raises(ValueError, match="MIN_POSITIVES_IOU = 1.2 is invalid"):
+        DynamicROIHeads(**dict(args, min_positives_iou=1.2))
+    DynamicROIHeads(**args)

@@ -59,3 +59,47 @@ def test_two_processes_gather_windows_and_apply_the_same_values(tmp_path):
     thresholds = r0["history"]["iou_threshold"]
     mean_iou = sum(s[0] for s in expected) / len(expected)
     assert thresholds[:3] == [0.05] * 3 and thresholds[3] == pytest.approx(max(0.05, mean_iou))
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_on_one_host_apply_the_same_values(tmp_path):
+    """train_net.py --num-machines 2: each "machine" one process, its own --machine-rank, gloo over TCP."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY_OPTS
+
+    out = str(tmp_path)
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    opts = [str(o) for o in TINY_OPTS + OPTS] + ["SOLVER.MAX_ITER", "7", "OUTPUT_DIR", out]
+    machines = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file",
+             "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml", "--num-gpus", "1", "--num-machines", "2",
+             "--machine-rank", str(rank), "--dist-url", url, *opts],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+        )
+        for rank in (0, 1)
+    ]
+    logs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    # Each process logs its updates (rank 1 to log.txt.rank1): the same values at the same iterations.
+    updates = []
+    for name in ("log.txt", "log.txt.rank1"):
+        with open(os.path.join(out, name)) as f:
+            updates.append(re.findall(r"Dynamic R-CNN update at iteration (\d+) from (\d+) statistics: "
+                                      r"IoU threshold \S+ -> (\S+), beta \S+ -> (\S+)", f.read()))
+    assert updates[0] == updates[1]
+    # Updates at 3 and 6 (UPDATE_PERIOD 3), each from both machines' statistics of 3 iterations.
+    assert [(it, n) for it, n, _, _ in updates[0]] == [("3", "6"), ("6", "6")]
+    assert float(updates[0][0][2]) != 0.05 and float(updates[0][0][3]) != 50.0

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from dynamic_rcnn import DynamicRCNNHook, Trainer
+from dynamic_rcnn import DynamicRCNNHook, Trainer, add_dynamic_rcnn_hook
 
 from conftest import tiny_cfg
 
@@ -125,6 +125,128 @@ def test_hook_without_dynamic_head_says_what_to_set():
     trainer.register_hooks([DynamicRCNNHook()])
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME: DynamicROIHeads"):
         trainer.train(0, 1)
+
+
+def test_add_dynamic_rcnn_hook_puts_it_before_checkpointer_and_writers_of_a_default_trainer(tmp_path, caplog):
+    """Stock DefaultTrainer: the scalars land in the row of their iteration, the last one included."""
+    import logging
+
+    from detectron2.engine import DefaultTrainer
+
+    out = str(tmp_path)
+    cfg = tiny_cfg(*OPTS, "OUTPUT_DIR", out, "SOLVER.MAX_ITER", 6)
+    trainer = DefaultTrainer(cfg)
+    hook = add_dynamic_rcnn_hook(trainer)
+    names = [type(h).__name__ for h in trainer._hooks]
+    assert names.index("DynamicRCNNHook") < min(names.index("PeriodicCheckpointer"), names.index("PeriodicWriter"))
+    assert hook.trainer.iter == trainer.iter  # attached as register_hooks attaches
+    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+        trainer.train()
+    assert "registered after" not in caplog.text
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f]
+    # Every row that has losses has the values in force at its iteration, the final one (5) too.
+    loss_rows = [r for r in rows if "total_loss" in r]
+    assert loss_rows[-1]["iteration"] == 5
+    assert all("dynamic_rcnn/iou_threshold" in r and "dynamic_rcnn/beta" in r for r in loss_rows)
+    assert all("total_loss" in r for r in rows if "dynamic_rcnn/beta" in r)  # no row of their own
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert len(ckpt["trainer"]["hooks"]["DynamicRCNNHook"]["window"]) == 2  # iterations 4 and 5
+    with pytest.raises(ValueError, match="has a DynamicRCNNHook already"):
+        add_dynamic_rcnn_hook(trainer)
+
+
+def test_add_dynamic_rcnn_hook_in_a_simple_trainer():
+    from detectron2.engine import SimpleTrainer
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+
+    cfg = tiny_cfg(*OPTS)
+    model = build_model(cfg)
+    trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
+    add_dynamic_rcnn_hook(trainer)
+    trainer.train(0, 5)
+    assert model.roi_heads.tracker.iou_threshold > 0.05  # updated at iteration 4
+
+
+def test_hook_after_a_writer_warns(tmp_path, caplog):
+    import logging
+
+    from detectron2.engine import SimpleTrainer, hooks
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import JSONWriter
+
+    cfg = tiny_cfg(*OPTS)
+    model = build_model(cfg)
+    trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
+    writer = JSONWriter(str(tmp_path / "metrics.json"))
+    trainer.register_hooks([hooks.PeriodicWriter([writer], period=1), DynamicRCNNHook()])
+    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+        trainer.train(0, 1)
+    assert "registered after PeriodicWriter" in caplog.text and "add_dynamic_rcnn_hook" in caplog.text
+
+
+def test_update_period_beyond_the_training_warns_at_start(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+        train(str(tmp_path), 3, False, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 5)
+    assert "will never update: UPDATE_PERIOD 5 and training from iteration 0 to 3" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+        train(str(tmp_path / "b"), 6, False, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 5)
+    assert "never update" not in caplog.text
+
+
+def test_resume_from_a_checkpoint_without_dynamic_state_says_so(tmp_path, caplog):
+    import logging
+
+    out = str(tmp_path)
+    train(out, 3, False, "MODEL.ROI_HEADS.NAME", "StandardROIHeads")  # a baseline run
+    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+        resumed = train(out, 5, True)
+    assert resumed.start_iter == 3
+    assert "resumes at iteration 3 from a checkpoint without Dynamic R-CNN state" in caplog.text
+
+
+def test_update_lines_reach_a_log_set_up_for_detectron2_only(tmp_path):
+    """default_setup sets up detectron2's logger only; the update lines must not be lost."""
+    import logging
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = f"""
+import logging, sys
+sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+from detectron2.utils.logger import setup_logger
+from detectron2.engine import SimpleTrainer
+from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
+from dynamic_rcnn import Trainer, add_dynamic_rcnn_hook
+from conftest import tiny_cfg
+setup_logger(name="detectron2")
+cfg = tiny_cfg("MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 2)
+model = build_model(cfg)
+trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
+add_dynamic_rcnn_hook(trainer)
+trainer.train(0, 3)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Dynamic R-CNN update at iteration 2 from 2 statistics" in proc.stdout + proc.stderr
+
+
+def test_console_line_shows_threshold_and_beta(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="detectron2.utils.events"):
+        train(str(tmp_path), 5, False, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 2)
+    lines = [r.getMessage() for r in caplog.records if "iter: " in r.getMessage() and "total_loss" in r.getMessage()]
+    assert lines and all(" iou_thr: " in line and " beta: " in line for line in lines)
 
 
 def test_hook_after_the_checkpointer_warns(tmp_path, caplog):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dynamic_rcnn.plot import main, plot_dynamics, read_metrics
+from dynamic_rcnn.plot import main, plot_dynamics, read_metrics, read_update_period, update_steps
 
 
 def write_metrics(path, rows):
@@ -44,3 +44,17 @@ def test_plot_writes_pngs_and_skips_baseline_runs(tmp_path, capsys):
 def test_plot_names_a_missing_run(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "metrics.json does not exist" in capsys.readouterr().err
+
+
+def test_each_update_is_drawn_at_the_iteration_it_happened():
+    # Logged every 20 iterations, updates every 50 (before iterations 50 and 100).
+    logged = [(19, 0.4), (39, 0.4), (59, 0.45), (79, 0.45), (99, 0.45), (119, 0.5)]
+    assert update_steps(logged, 50) == [(19, 0.4), (50, 0.45), (100, 0.5), (119, 0.5)]
+    # Without the period: at the first logged row that shows it.
+    assert update_steps(logged) == [(19, 0.4), (59, 0.45), (119, 0.5)]
+
+
+def test_update_period_comes_from_the_runs_config(tmp_path):
+    assert read_update_period(str(tmp_path)) is None
+    (tmp_path / "config.yaml").write_text("MODEL:\n  DYNAMIC_RCNN:\n    UPDATE_PERIOD: 50\n")
+    assert read_update_period(str(tmp_path)) == 50

@@ -269,3 +269,32 @@ def test_head_builds_the_guard_with_the_samplers_quota():
     set_window(head, [0.7], [0.5])  # T = 0.7: only the 0.75 proposal is above it
     # The guard keeps the two proposals at IoU >= 0.5 (0.75 and 0.5625) as foreground.
     assert list(labels(head).values()) == [True, True, False, False]
+
+
+def test_a_degenerate_ground_truth_box_never_puts_a_nan_into_the_window():
+    """A custom mapper may keep a zero-width box: its error is 0 / 0, which must not reach the window."""
+    head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True,
+                               "MODEL.DYNAMIC_RCNN.IOU_TOPK", 1, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 10))
+    # K_E 10 > the 5 values: the k-th smallest is the largest, the appended box's NaN.
+    feats = roi_features(head_cfg(), SIZE, batch=1)
+    with EventStorage():
+        head(None, feats, [proposals(SIZE, PROPS)], [targets(SIZE, [[8.0, 8, 8, 40]])])
+    assert head.tracker.commit() is None
+    assert head.tracker.non_finite == 1 and head.tracker.window == []
+
+
+def test_dynamic_roi_heads_script_like_standard_roi_heads():
+    """detectron2's scripting (export/torchscript) marks mask_on constant on StandardROIHeads only."""
+    from detectron2.export import scripting_with_instances
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    image = shapes_batch(1, mask=False)[0]["image"]
+    fields = {"proposal_boxes": Boxes, "objectness_logits": torch.Tensor, "pred_boxes": Boxes,
+              "scores": torch.Tensor, "pred_classes": torch.Tensor}
+    scripted = scripting_with_instances(model, fields)
+    with torch.no_grad():
+        want = model.inference([{"image": image}], do_postprocess=False)[0]
+    got = scripted.inference([{"image": image}], do_postprocess=False)[0]
+    assert len(want) > 0 and torch.allclose(got.pred_boxes.tensor, want.pred_boxes.tensor)
+    assert torch.equal(got.pred_classes, want.pred_classes)

@@ -80,3 +80,54 @@ def test_warns_when_nothing_commits(caplog):
         for _ in range(4):
             t.record(torch.tensor(0.5), torch.tensor(0.5))
     assert "DynamicRCNNHook" in caplog.text
+
+
+def test_non_finite_statistics_are_skipped_counted_and_warned_once(caplog):
+    t = make()
+    with caplog.at_level(logging.WARNING):
+        t.record(torch.tensor(0.5), torch.tensor(float("nan")))
+        assert t.commit() is None  # nothing entered the window
+        t.record(float("inf"), 0.3)
+        t.record(0.6, 0.2)
+    assert t.commit() == pytest.approx((0.6, 0.2))
+    assert t.window == [pytest.approx((0.6, 0.2))] and t.non_finite == 2
+    assert caplog.text.count("non-finite statistic") == 1
+
+
+def test_resume_with_both_parts_off_uses_the_warmup_values(caplog):
+    t = make()
+    feed(t, [(0.7, 0.2)])
+    t.update()
+    off = make(dla=False, dsl=False)
+    with caplog.at_level(logging.INFO):
+        off.load_state_dict(t.state_dict())
+    assert (off.iou_threshold, off.beta) == (0.4, 1.0)
+    assert "DLA is off: the restored IoU threshold 0.7000 is ignored, WARMUP_IOU 0.4000 is in force" in caplog.text
+    assert "DSL is off: the restored beta 0.2000 is ignored, WARMUP_BETA 1.0000 is in force" in caplog.text
+    dla = make(dla=True, dsl=False)
+    dla.load_state_dict(t.state_dict())
+    assert (dla.iou_threshold, dla.beta) == (pytest.approx(0.7), 1.0)
+
+
+def test_resume_keeps_the_warmup_floor_and_ceiling():
+    t = make()
+    feed(t, [(0.45, 0.2)])
+    t.update()
+    stricter = DynamicTracker(iou_topk=75, error_topk=10, update_period=3, warmup_iou=0.5, warmup_beta=0.1)
+    stricter.load_state_dict(t.state_dict())
+    assert (stricter.iou_threshold, stricter.beta) == (0.5, 0.1)
+
+
+def test_resume_with_other_window_settings_warns_with_both_values(caplog):
+    t = make(period=3)
+    feed(t, [(0.7, 0.2), (0.6, 0.3)])
+    other = DynamicTracker(iou_topk=20, error_topk=10, update_period=5)
+    with caplog.at_level(logging.WARNING):
+        other.load_state_dict(t.state_dict())
+    assert "IOU_TOPK 75 -> 20; UPDATE_PERIOD 3 -> 5" in caplog.text and "the 2 statistics" in caplog.text
+    # The window is kept: it enters the next update.
+    assert len(other.window) == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make(period=3).load_state_dict(t.state_dict())
+    assert caplog.text == ""
