@@ -34,17 +34,6 @@ BETA_COLLAPSE_GUARD = 1e-6
 STATISTICS = ("image", "scaled", "object")
 
 
-def _kth_per_row(rows: Sequence[torch.Tensor], ks: torch.Tensor, descending: bool) -> torch.Tensor:
-    """For each 1-D tensor of ``rows``, its ``ks[i]``-th value in the given order (its last when it has fewer)."""
-    lengths = torch.tensor([len(r) for r in rows], device=ks.device)
-    padded = torch.nn.utils.rnn.pad_sequence(
-        list(rows), batch_first=True, padding_value=-1.0 if descending else float("inf")
-    )
-    ordered = torch.sort(padded, dim=1, descending=descending).values
-    index = torch.minimum(ks, lengths) - 1
-    return ordered.gather(1, index[:, None])[:, 0]
-
-
 def iou_statistic(max_ious: Sequence[torch.Tensor], topk: Union[int, Sequence[int]]) -> Optional[torch.Tensor]:
     """
     Args:
@@ -57,12 +46,17 @@ def iou_statistic(max_ious: Sequence[torch.Tensor], topk: Union[int, Sequence[in
         value when it has fewer than K_I proposals); None when no image has a value.
     """
     ks = [topk] * len(max_ious) if isinstance(topk, int) else list(topk)
-    kept = [(v, k) for v, k in zip(max_ious, ks) if v.numel() > 0]
+    kept = [(v, min(k, v.numel())) for v, k in zip(max_ious, ks) if v.numel() > 0]
     if not kept:
         return None
-    values = [v for v, _ in kept]
-    # One sort for the whole batch: IoUs are >= 0, so the -1 padding sorts after every value.
-    return _kth_per_row(values, torch.tensor([k for _, k in kept], device=values[0].device), True).mean()
+    # One top-k for the whole batch: IoUs are >= 0, so the -1 padding is never among the k
+    # largest of an image that has k values. The per-image picks index with Python ints: no
+    # host-to-device copy, hence no device sync.
+    padded = torch.nn.utils.rnn.pad_sequence([v for v, _ in kept], batch_first=True, padding_value=-1.0)
+    top = torch.topk(padded, max(k for _, k in kept), dim=1).values
+    if all(k == kept[0][1] for _, k in kept):
+        return top[:, kept[0][1] - 1].mean()
+    return torch.stack([top[i, k - 1] for i, (_, k) in enumerate(kept)]).mean()
 
 
 def error_statistic(errors: Sequence[torch.Tensor], topk: Union[int, Sequence[int]]) -> Optional[torch.Tensor]:
@@ -140,7 +134,7 @@ def object_statistics(
     """
     if len(max_ious) == 0:
         return None
-    offsets = torch.tensor([0] + list(num_gt[:-1]), device=max_ious[0].device).cumsum(0)
+    offsets = [sum(num_gt[:i]) for i in range(len(num_gt))]  # Python ints: no host-to-device copy
     groups = torch.cat([m + o for m, o in zip(matched_gt, offsets)])
     ious, errs = torch.cat(list(max_ious)), torch.cat(list(errors))
     belongs = ious > 0  # IoU 0 with every box: argmax picked box 0, but it covers no object
