@@ -5,8 +5,16 @@ Run a trained model on images and write the drawings (detectron2's DefaultPredic
     python demo.py --config-file configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml \\
         --input a.jpg some/folder/ --output out/ [--confidence-threshold 0.5] \\
         MODEL.WEIGHTS output/shapes_dynamic_rcnn_R_18_FPN/model_final.pth
+
+An image is read only when its header gives at most MAX_IMAGE_PIXELS pixels (150 megapixels;
+a larger or unreadable one is skipped with a message and the run goes on), shrunk to the model's
+test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) when it is larger, and drawn at that size to
+OUTPUT/<name>.png. Inputs that share a name (a.jpg and a.png) are written as a_jpg.png and
+a_png.png; a file left by an earlier run is replaced with a note on the printed line.
 """
 import argparse
+import collections
+import itertools
 import os
 import sys
 import warnings
@@ -14,6 +22,9 @@ import warnings
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Larger images are skipped: decoding alone takes 3 bytes a pixel (450 MB here, 10.8 GB for a
+# 60000x60000 PNG) before any shrinking. 150 megapixels is 12247x12247.
+MAX_IMAGE_PIXELS = 150_000_000
 
 
 def argument_parser():
@@ -41,13 +52,95 @@ def list_images(inputs):
     return files
 
 
+def read_image(path, max_pixels=MAX_IMAGE_PIXELS):
+    """
+    ``(image, None)``: the BGR image of ``path``; or ``(None, reason)`` when it cannot be read:
+    its header (read with PIL, without decoding the pixels) gives more than ``max_pixels`` pixels,
+    the decoder fails, or the file is no image. Never raises for a bad file.
+    """
+    import cv2
+    from PIL import Image, UnidentifiedImageError
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check would raise before we know the size
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        width = height = None  # not a format PIL knows: OpenCV may still read it
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    if width is not None and width * height > max_pixels:
+        return None, (f"{width}x{height} is {width * height / 1e6:.0f} megapixels, past the limit of "
+                      f"{max_pixels / 1e6:g} megapixels (MAX_IMAGE_PIXELS in demo.py): downscale it first")
+    try:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+    except Exception as e:  # cv2.error, MemoryError: one bad file must not end the run
+        return None, f"the decoder failed: {type(e).__name__}: {' '.join(str(e).split())}"
+    if image is None:
+        return None, "not an image file, or a damaged one"
+    return image, None
+
+
+def fit_to_test_size(image, min_size, max_size):
+    """
+    ``image`` shrunk (never enlarged) to the size the model sees it at, detectron2's
+    ``ResizeShortestEdge(min_size, max_size)``: predicting and drawing a 10000x10000 image at full
+    size took 13 GB and 76 s for a model that sees 800x800. Returns the image and whether it was
+    shrunk.
+    """
+    import cv2
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    height, width = image.shape[:2]
+    if min_size <= 0:  # detectron2's "no resizing"
+        return image, False
+    new_h, new_w = ResizeShortestEdge.get_output_shape(height, width, min_size, max_size)
+    if new_h * new_w >= height * width:
+        return image, False
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA), True
+
+
+def output_paths(files, folder):
+    """
+    ``{input path: output path}`` in ``folder``, one per input, never two alike: ``<name>.png``;
+    inputs that share a name keep their extension in it (``a.jpg`` and ``a.png`` give ``a_jpg.png``
+    and ``a_png.png``), and a name still taken (``x/a.png`` and ``y/a.png``) is numbered
+    (``a_png_2.png``). An input that lives in ``folder`` is never an output: a drawing never
+    replaces its image.
+    """
+    def key(name):  # a.png and A.png are one file on case-insensitive file systems
+        return name.lower()
+
+    stems = collections.Counter(key(os.path.splitext(os.path.basename(f))[0]) for f in files)
+    real = os.path.realpath(folder)
+    taken = {key(os.path.basename(f)) for f in files if os.path.realpath(os.path.dirname(f)) == real}
+    paths = {}
+    for path in files:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        base = stem if stems[key(stem)] == 1 else f"{stem}_{ext.lstrip('.').lower()}"
+        candidates = itertools.chain([f"{base}.png"], (f"{base}_{n}.png" for n in itertools.count(2)))
+        name = next(c for c in candidates if key(c) not in taken)
+        taken.add(key(name))
+        paths[path] = os.path.join(folder, name)
+    return paths
+
+
 def main(argv=None):
-    args = argument_parser().parse_args(argv)
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    from dynamic_rcnn.config import check_overrides
+
+    check_overrides(parser, args)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        sys.exit(f"error: --output {args.output} is a file, not a folder: name a folder for the drawings "
+                 "(it is created if missing)")
     import cv2
     from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
+    from dynamic_rcnn.checkpoint import CheckpointError, load_model_weights
     from dynamic_rcnn.config import load_config
 
     cfg = load_config(args.config_file, args.opts)
@@ -63,26 +156,45 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if not files:
         sys.exit(f"error: no image ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(args.input)}")
+    # DefaultPredictor's own load only logs the parameters that do not fit (weights of another
+    # architecture): build it without weights and load them strictly.
+    cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
+    predictor = DefaultPredictor(cfg)
     try:
-        predictor = DefaultPredictor(cfg)
-    except Exception as e:  # a truncated or foreign file: say which one
-        sys.exit(f"error: cannot load MODEL.WEIGHTS {weights}: {type(e).__name__}: {e}")
+        load_model_weights(predictor.model, weights)
+    except CheckpointError as e:  # a truncated, foreign or mismatched file: say which and why
+        sys.exit(f"error: cannot load MODEL.WEIGHTS {weights}: {e.reason}")
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
 
-    os.makedirs(args.output, exist_ok=True)
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: cannot create the --output folder {args.output}: {e.strerror or e}")
+    outputs = output_paths(files, args.output)
     failed = 0
     for path in files:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        image, problem = read_image(path)
         if image is None:
-            print(f"error: cannot read {path} as an image: skipped", file=sys.stderr)
+            print(f"error: cannot read {path} as an image ({problem}): skipped", file=sys.stderr)
             failed += 1
             continue
+        height, width = image.shape[:2]
+        image, shrunk = fit_to_test_size(image, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         instances = predictor(image)["instances"].to("cpu")
         drawing = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
-        out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        cv2.imwrite(out, drawing.get_image()[:, :, ::-1])
-        print(f"{path}: {len(instances)} detections -> {out}")
+        out = outputs[path]
+        notes = []
+        if shrunk:
+            new_h, new_w = image.shape[:2]
+            notes.append(f"resized from {width}x{height} to {new_w}x{new_h}, the model's test size")
+        if os.path.exists(out):
+            notes.append(f"replaces the existing {out}")
+        if not cv2.imwrite(out, drawing.get_image()[:, :, ::-1]):
+            print(f"error: cannot write {out}: skipped", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path}: {len(instances)} detections -> {out}" + (f" ({'; '.join(notes)})" if notes else ""))
     print(f"{len(files) - failed} of {len(files)} images drawn in {args.output}")
     return 1 if failed else 0
 

@@ -8,25 +8,46 @@ keys and Trainer (DefaultTrainer + DynamicRCNNHook + COCO-style evaluation with 
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --train-json a.json --train-images imgs/ --test-json ...
 """
+import os
+import sys
 import warnings
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import CfgNode  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from dynamic_rcnn import Trainer  # noqa: E402  (importing registers DynamicROIHeads and the datasets)
-from dynamic_rcnn.config import load_config  # noqa: E402
-from dynamic_rcnn.trainer import load_checkpoint  # noqa: E402
+from dynamic_rcnn.checkpoint import (  # noqa: E402
+    LAST_CHECKPOINT,
+    CheckpointError,
+    checkpoint_to_load,
+    load_model_weights,
+)
+from dynamic_rcnn.config import check_overrides, load_config  # noqa: E402
 from dynamic_rcnn.data import register_from_args  # noqa: E402
+
+
+def check_eval_only(args, cfg: CfgNode):
+    """
+    ``--eval-only`` needs trained weights: MODEL.WEIGHTS, or with ``--resume`` an
+    ``OUTPUT_DIR/last_checkpoint``. Without them it would evaluate a randomly initialized model and
+    report AP 0 as a success, so exit with an ``error: ...`` line instead.
+    """
+    tagged = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT))
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not (args.resume and tagged):
+        sys.exit("error: --eval-only needs trained weights: add MODEL.WEIGHTS path/to/model_final.pth "
+                 "to the command (or --resume with an OUTPUT_DIR that has a last_checkpoint)")
 
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
     register_from_args(args, cfg)
     cfg.freeze()
+    check_eval_only(args, cfg)  # before default_setup writes OUTPUT_DIR/config.yaml
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
     return cfg
@@ -36,7 +57,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        load_checkpoint(DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR), cfg.MODEL.WEIGHTS, args.resume)
+        # Strictly: weights that do not fit the model would otherwise be evaluated half random.
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        path = checkpoint_to_load(checkpointer, cfg.MODEL.WEIGHTS, args.resume)
+        load_model_weights(model, path)
         return Trainer.evaluate(cfg, model)
 
     trainer = Trainer(cfg)
@@ -54,14 +78,25 @@ def argument_parser():
     return parser
 
 
+def parse_args(argv=None):
+    """``argument_parser().parse_args(argv)``, refusing options written after the overrides."""
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    check_overrides(parser, args)
+    return args
+
+
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except CheckpointError as e:  # the message says which file and how to fix it: no traceback
+        sys.exit(f"error: {e}")

@@ -16,10 +16,12 @@ from detectron2.engine import defaults as _d2_defaults
 from detectron2.evaluation import verify_results
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 
+from .checkpoint import load_checkpoint
 from .config import validate_dynamic_rcnn_config
 from .evaluation import HighIoUCOCOEvaluator, format_ap_table
-from .hook import DynamicRCNNHook, find_tracker
+from .hook import DynamicRCNNHook, DynamicRCNNMetricPrinter, find_tracker, hook_position
 
 __all__ = ["Trainer"]
 
@@ -90,21 +92,6 @@ def write_train_summary(cfg, iterations: int, step_times, wall_seconds: float) -
     return summary
 
 
-def load_checkpoint(checkpointer, weights: str, resume: bool):
-    """
-    ``checkpointer.resume_or_load(weights, resume)``, with a failure that names the file: a missing,
-    truncated or foreign checkpoint is refused with its path instead of a bare traceback.
-    """
-    try:
-        return checkpointer.resume_or_load(weights, resume=resume)
-    except Exception as e:
-        path = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else weights
-        raise RuntimeError(
-            f"Cannot load the checkpoint {path}: {type(e).__name__}: {e}. Check the path given to "
-            "MODEL.WEIGHTS (or the last_checkpoint file in OUTPUT_DIR with --resume)."
-        ) from e
-
-
 class Trainer(DefaultTrainer):
     """
     ``DefaultTrainer`` that
@@ -125,14 +112,21 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         ret = super().build_hooks()
         if find_tracker(self.model) is not None:
-            # Right after the timer: before the checkpointer, so that a checkpoint holds the
-            # statistics of the iteration it is written at, and before the writers.
-            ret.insert(1, DynamicRCNNHook())
+            # Before the checkpointer, so that a checkpoint holds the statistics of the iteration
+            # it is written at, and before the writers, so that they write them in its row.
+            ret.insert(hook_position(ret), DynamicRCNNHook())
         else:
             logger.info(
                 "MODEL.ROI_HEADS.NAME = %s: no Dynamic R-CNN (a baseline run).", self.cfg.MODEL.ROI_HEADS.NAME
             )
         return ret
+
+    def build_writers(self):
+        """detectron2's writers, with the console line showing the IoU threshold and beta in force."""
+        return [
+            DynamicRCNNMetricPrinter(self.max_iter) if type(w) is CommonMetricPrinter else w
+            for w in super().build_writers()
+        ]
 
     def train(self):
         """Train; returns the final evaluation's results (``DefaultTrainer`` returns them only with

@@ -120,3 +120,114 @@ def test_eval_only_and_training_refuse_a_bad_checkpoint_with_its_path(tmp_path, 
     trainer = Trainer(tiny_cfg("MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path / "train")))
     with pytest.raises(RuntimeError, match=f"Cannot load the checkpoint {bad}"):
         trainer.resume_or_load(resume=False)
+
+
+def png_header(width, height):
+    """A PNG file whose header claims ``width`` x ``height`` pixels (its pixels are not there)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def test_demo_skips_an_image_past_the_pixel_limit_from_its_header_and_goes_on(
+        weights, images, tmp_path, capsys):
+    demo = load_script("demo")
+    huge = images / "huge.png"
+    huge.write_bytes(png_header(60000, 60000))
+    rc = demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(tmp_path / "out"),
+                    *OPTS, "MODEL.WEIGHTS", weights])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert (f"error: cannot read {huge} as an image (60000x60000 is 3600 megapixels, past the limit of "
+            "150 megapixels (MAX_IMAGE_PIXELS in demo.py): downscale it first): skipped") in captured.err
+    assert "2 of 3 images drawn" in captured.out
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.png", "img1.png"]
+
+
+def test_read_image_reports_a_decoder_exception_instead_of_raising(tmp_path):
+    demo = load_script("demo")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header(60000, 60000))
+    image, problem = demo.read_image(str(huge), max_pixels=10**12)  # past OpenCV's own limit
+    assert image is None and problem.startswith("the decoder failed: error: ")
+
+
+def test_demo_keeps_every_output_of_inputs_sharing_a_name_and_says_what_it_replaces(
+        weights, tmp_path, capsys):
+    demo = load_script("demo")
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((40, 50, 3), np.uint8))
+    cv2.imwrite(str(folder / "a.png"), np.zeros((60, 70, 3), np.uint8))
+    (out / "a_png.png").write_bytes(b"an earlier drawing")
+    rc = demo.main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out), *OPTS,
+                    "MODEL.WEIGHTS", weights])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert sorted(os.listdir(out)) == ["a_jpg.png", "a_png.png"]
+    assert cv2.imread(str(out / "a_jpg.png")).shape == (40, 50, 3)
+    assert cv2.imread(str(out / "a_png.png")).shape == (60, 70, 3)
+    assert f"{folder / 'a.jpg'}: 0 detections -> {out / 'a_jpg.png'}\n" in printed
+    assert f"-> {out / 'a_png.png'} (replaces the existing {out / 'a_png.png'})" in printed
+
+
+def test_demo_never_draws_over_an_input_in_the_output_folder(weights, images, capsys):
+    demo = load_script("demo")
+    before = (images / "img0.png").read_bytes()
+    assert demo.main(["--config-file", CONFIG, "--input", str(images / "img0.png"), "--output", str(images),
+                      *OPTS, "MODEL.WEIGHTS", weights]) == 0
+    assert (images / "img0.png").read_bytes() == before
+    assert f"-> {images / 'img0_2.png'}" in capsys.readouterr().out
+
+
+def test_demo_shrinks_an_image_larger_than_the_test_size_and_says_so(weights, tmp_path, capsys):
+    demo = load_script("demo")
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), np.zeros((300, 400, 3), np.uint8))
+    assert demo.main(["--config-file", CONFIG, "--input", str(big), "--output", str(tmp_path / "out"), *OPTS,
+                      "MODEL.WEIGHTS", weights]) == 0
+    assert cv2.imread(str(tmp_path / "out" / "big.png")).shape == (96, 128, 3)  # INPUT.MAX_SIZE_TEST 128
+    assert "(resized from 400x300 to 128x96, the model's test size)" in capsys.readouterr().out
+
+
+def test_demo_refuses_an_output_that_is_a_file(images, tmp_path):
+    demo = load_script("demo")
+    existing = tmp_path / "out.png"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(existing), *OPTS])
+    assert str(e.value) == (f"error: --output {existing} is a file, not a folder: name a folder for the "
+                            "drawings (it is created if missing)")
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_demo_refuses_weights_of_another_architecture_with_the_list(images, tmp_path):
+    demo = load_script("demo")
+    model = build_model(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 7))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("seven_classes")
+    path = tmp_path / "seven_classes.pth"
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(tmp_path / "out"), *OPTS,
+                   "MODEL.WEIGHTS", str(path)])
+    message = str(e.value)
+    assert message.startswith(f"error: cannot load MODEL.WEIGHTS {path}: the weights do not fit the model")
+    assert "parameters of another shape (4): roi_heads.box_predictor.cls_score.weight (checkpoint (8, 32), " \
+           "model (4, 32))" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_refuses_an_option_written_after_the_overrides(images, tmp_path, capsys):
+    demo = load_script("demo")
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(tmp_path / "out"),
+                   "MODEL.WEIGHTS", "w.pth", "--confidence-threshold", "0.3"])
+    assert e.value.code == 2
+    assert ("error: option --confidence-threshold is written after the config overrides (KEY VALUE ...), "
+            "which take the rest of the command line: move it (with its value, if it takes one) before the "
+            "first override, MODEL.WEIGHTS") in capsys.readouterr().err

@@ -15,23 +15,81 @@ def run_train_net(*args, timeout=600):
 
 
 @pytest.mark.slow
-def test_short_training_moves_threshold_and_writes_scalars(tmp_path):
+def test_short_training_updates_threshold_and_beta_by_the_rule(tmp_path):
+    """
+    Every update of a real run follows the rule: before iteration k*C the IoU threshold becomes
+    max(WARMUP_IOU, mean of the window's IoU statistics) and beta min(WARMUP_BETA, median of its
+    error statistics), and the values in force are what metrics.json and the log's update lines
+    report. The rule is checked, not one trajectory's values: those depend on the data order,
+    which differs between detectron2 versions (newer ones seed the training sampler with SEED).
+
+    The windows come from the checkpoints written after iterations k*C - 1 (CHECKPOINT_PERIOD = C):
+    by DynamicRCNNHook's contract such a checkpoint holds the whole window of the next update.
+    """
+    import re
+    import statistics
+
+    import torch
+
+    from dynamic_rcnn.statistics import BETA_COLLAPSE_GUARD
+
     out = str(tmp_path)
+    period, max_iter, warmup_iou, warmup_beta = 5, 30, 0.4, 1.0
     proc = run_train_net(
         "--config-file", "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml",
         *TINY_OPTS,
-        "SOLVER.MAX_ITER", 30, "SOLVER.BASE_LR", 0.02,
-        "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 5, "MODEL.DYNAMIC_RCNN.IOU_TOPK", 10,
+        "SOLVER.MAX_ITER", max_iter, "SOLVER.BASE_LR", 0.02, "SOLVER.CHECKPOINT_PERIOD", period,
+        "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", period, "MODEL.DYNAMIC_RCNN.IOU_TOPK", 10,
+        "MODEL.DYNAMIC_RCNN.WARMUP_IOU", warmup_iou, "MODEL.DYNAMIC_RCNN.WARMUP_BETA", warmup_beta,
         "OUTPUT_DIR", out,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+    # Tracker state after iterations C-1, 2C-1, ...: the values in force and the window.
+    ends = list(range(period - 1, max_iter, period))
+    state = {}
+    for it in ends:
+        path = os.path.join(out, f"model_{it:07d}.pth")
+        state[it] = torch.load(path, map_location="cpu", weights_only=False)["trainer"]["hooks"]["DynamicRCNNHook"]
+        os.remove(path)  # 45 MB each
+    assert (state[ends[0]]["iou_threshold"], state[ends[0]]["beta"]) == (warmup_iou, warmup_beta)
+    for it in ends:
+        # Every shapes image has objects, so every iteration of the window recorded statistics.
+        assert len(state[it]["window"]) == period, (it, state[it])
+    for before, after in zip(ends, ends[1:]):
+        ious = [v[0] for v in state[before]["window"]]
+        errors = [v[1] for v in state[before]["window"]]
+        median = statistics.median(errors)
+        beta = state[before]["beta"] if median < BETA_COLLAPSE_GUARD else min(warmup_beta, median)
+        assert state[after]["iou_threshold"] == pytest.approx(max(warmup_iou, statistics.fmean(ious)), abs=1e-9)
+        assert state[after]["beta"] == pytest.approx(beta, abs=1e-9)
+
+    # metrics.json: at every logged iteration, the values in force and that iteration's statistics.
     with open(os.path.join(out, "metrics.json")) as f:
         rows = [json.loads(line) for line in f]
     keys = [f"dynamic_rcnn/{k}" for k in ("iou_stat", "error_stat", "iou_threshold", "beta")]
     rows = [r for r in rows if keys[2] in r]
     assert rows and all(k in r for r in rows for k in keys)
-    assert rows[-1]["dynamic_rcnn/iou_threshold"] > 0.4
-    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    for row in rows:
+        it = row["iteration"]
+        end = it - it % period + period - 1  # the last iteration of its window
+        assert row[keys[2]] == pytest.approx(state[end]["iou_threshold"], abs=1e-9), it
+        assert row[keys[3]] == pytest.approx(state[end]["beta"], abs=1e-9), it
+        if it == end:  # its own statistics are the window's last
+            assert [row[keys[0]], row[keys[1]]] == pytest.approx(state[end]["window"][-1], abs=1e-6), it
+
+    # The log: one update line per window, from the value in force to the next one (4 decimals).
+    with open(os.path.join(out, "log.txt")) as f:
+        updates = re.findall(
+            r"update at iteration (\d+) .*?IoU threshold ([0-9.]+) -> ([0-9.]+), beta ([0-9.]+) -> ([0-9.]+)", f.read()
+        )
+    assert [int(u[0]) for u in updates] == list(range(period, max_iter, period))
+    for (_, iou_from, iou_to, beta_from, beta_to), before, after in zip(updates, ends, ends[1:]):
+        assert float(iou_from) == pytest.approx(state[before]["iou_threshold"], abs=1e-4)
+        assert float(iou_to) == pytest.approx(state[after]["iou_threshold"], abs=1e-4)
+        assert float(beta_from) == pytest.approx(state[before]["beta"], abs=1e-4)
+        assert float(beta_to) == pytest.approx(state[after]["beta"], abs=1e-4)
 
 
 def test_bad_config_value_fails_at_start_up(tmp_path):
@@ -42,3 +100,63 @@ def test_bad_config_value_fails_at_start_up(tmp_path):
     assert proc.returncode != 0
     assert "MODEL.DYNAMIC_RCNN.WARMUP_IOU = 1.5 is invalid" in proc.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), "metrics.json"))
+
+
+
+SHAPES_CONFIG = "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml"
+
+
+def assert_one_line_error(proc, rc, message):
+    """``proc`` exited with ``rc`` and its last stderr line is ``message``, without a traceback."""
+    assert proc.returncode == rc, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == message
+
+
+def test_eval_only_without_weights_is_refused_before_writing_anything(tmp_path):
+    out = tmp_path / "out"
+    proc = run_train_net("--config-file", SHAPES_CONFIG, "--eval-only", *TINY_OPTS, "OUTPUT_DIR", out)
+    assert_one_line_error(proc, 1, (
+        "error: --eval-only needs trained weights: add MODEL.WEIGHTS path/to/model_final.pth to the "
+        "command (or --resume with an OUTPUT_DIR that has a last_checkpoint)"))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("late", [["--resume"], ["--train-json", "a.json"]])
+def test_an_option_after_the_overrides_is_refused_with_where_it_goes(tmp_path, late):
+    proc = run_train_net("--config-file", SHAPES_CONFIG, "MODEL.WEIGHTS", "w.pth", *late)
+    assert_one_line_error(proc, 2, (
+        f"train_net.py: error: option {late[0]} is written after the config overrides (KEY VALUE ...), "
+        "which take the rest of the command line: move it (with its value, if it takes one) before the "
+        "first override, MODEL.WEIGHTS"))
+
+
+def test_resume_with_an_empty_last_checkpoint_is_a_one_line_error_naming_the_checkpoints(tmp_path):
+    (tmp_path / "model_0000004.pth").write_bytes(b"")
+    tag = tmp_path / "last_checkpoint"
+    tag.write_text("")
+    proc = run_train_net("--config-file", SHAPES_CONFIG, "--resume", *TINY_OPTS, "OUTPUT_DIR", tmp_path)
+    assert_one_line_error(proc, 1, (
+        f"error: Cannot resume from {tag}: --resume goes on from the checkpoint this file names, but it "
+        f"is empty; the checkpoints in {tmp_path} are model_0000004.pth. To fix: write one of their names "
+        f"into it (e.g. echo model_0000004.pth > {tag}) to resume from it, or delete it to start from "
+        "MODEL.WEIGHTS (empty: a randomly initialized model)."))
+
+
+def test_eval_only_refuses_weights_that_do_not_fit_the_model(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    seven_classes = build_model(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 7))
+    DetectionCheckpointer(seven_classes, save_dir=str(tmp_path)).save("seven")
+    proc = run_train_net("--config-file", SHAPES_CONFIG, "--eval-only", *TINY_OPTS,
+                         "DATASETS.TEST", "('shapes_tiny_train',)",
+                         "MODEL.WEIGHTS", tmp_path / "seven.pth", "OUTPUT_DIR", tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: Cannot load the checkpoint {tmp_path / 'seven.pth'}: the weights do not fit the model "
+        "(another architecture or number of classes?): parameters of another shape (4): "
+        "roi_heads.box_predictor.cls_score.weight (checkpoint (8, 32), model (4, 32))")
+    assert not (tmp_path / "inference").exists()

@@ -5,8 +5,11 @@ Turn a training run into a model-zoo release:
     python tools/publish_model.py RUN_DIR --name NAME [--checkpoint model_final.pth] [--out releases/]
 
 Keeps the model weights (drops optimizer, scheduler and trainer state), embeds the run's
-config.yaml, and writes ``OUT/NAME_<first 8 hex of sha256>.pth`` and ``OUT/NAME.metrics.json``
-(AP table, schedule, iterations, s/iter, peak memory, machine, detectron2 and torch versions).
+config.yaml, and writes ``OUT/NAME_<first 8 hex of sha256>.pth``, ``OUT/NAME.metrics.json``
+(AP table, schedule, iterations, s/iter, peak memory, machine, detectron2 and torch versions) and
+``OUT/NAME.inference.yaml``: the config plain detectron2 (without ``dynamic_rcnn``) builds the
+model from, for ``DefaultPredictor``, ``build_model`` + ``DetectionCheckpointer`` and detectron2's
+export tools (a Dynamic R-CNN model is a ``StandardROIHeads`` model at inference).
 With ``--verify`` it then loads the release back through ``dynamic_rcnn.model_zoo`` (hash checked,
 embedded config), evaluates it on the config's test sets and fails unless every AP of the metrics
 file comes back (within ``--tolerance`` AP points).
@@ -35,6 +38,33 @@ def collect_metrics(run_dir: str) -> dict:
     summary_file = os.path.join(run_dir, "train_summary.json")
     summary = _read_json(summary_file) if os.path.isfile(summary_file) else {}
     return {"ap": ap, "train": summary}
+
+
+def inference_config(cfg_text: str, weights: str) -> str:
+    """
+    The training config ``cfg_text`` (a full dump, as train_net.py writes config.yaml) as a config of
+    plain detectron2: without ``MODEL.DYNAMIC_RCNN``, with ``StandardROIHeads`` in place of
+    ``DynamicROIHeads`` (the same weights and inference) and ``MODEL.WEIGHTS`` set to ``weights``.
+    Raises ValueError when a key of the result is unknown to detectron2's ``get_cfg()``.
+    """
+    from detectron2.config import CfgNode, get_cfg
+
+    cfg = CfgNode.load_cfg(cfg_text)
+    cfg.MODEL.pop("DYNAMIC_RCNN", None)
+    if cfg.MODEL.ROI_HEADS.NAME == "DynamicROIHeads":
+        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.WEIGHTS = weights
+    plain = get_cfg()
+    try:
+        plain.merge_from_other_cfg(cfg)
+    except KeyError as e:
+        raise ValueError(f"the run's config has keys plain detectron2 does not know: {e}") from e
+    header = (
+        "# Inference config for plain detectron2 (no dynamic_rcnn import needed): the model trained with\n"
+        "# Dynamic R-CNN is a StandardROIHeads model at inference. MODEL.WEIGHTS is relative to the\n"
+        "# release folder: run from there, or give the path (MODEL.WEIGHTS path/to/file).\n"
+    )
+    return header + plain.dump()
 
 
 def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_final.pth") -> dict:
@@ -67,10 +97,15 @@ def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_fina
     os.replace(tmp, os.path.join(out_dir, file_name))
     os.chmod(os.path.join(out_dir, file_name), 0o644)  # mkstemp makes it private
 
+    inference_file = f"{name}.inference.yaml"
+    with open(os.path.join(out_dir, inference_file), "w") as f:
+        f.write(inference_config(cfg_text, file_name))
+
     collected = collect_metrics(run_dir)
     metrics = {
         "name": name,
         "checkpoint": file_name,
+        "inference_config": inference_file,
         "sha256": digest,
         "size_mb": round(os.path.getsize(os.path.join(out_dir, file_name)) / 2**20, 2),
         "config": os.path.relpath(cfg_path),
@@ -136,7 +171,8 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {metrics['checkpoint']} ({metrics['size_mb']} MB, sha256 {metrics['sha256']}) and {args.name}.metrics.json")
+    print(f"wrote {metrics['checkpoint']} ({metrics['size_mb']} MB, sha256 {metrics['sha256']}), "
+          f"{args.name}.metrics.json and {metrics['inference_config']}")
     if args.verify:
         differ = verify(args.name, args.out or release_dir(), args.tolerance)
         for dataset, metric, published, measured in differ:

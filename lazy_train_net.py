@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""
+Dynamic R-CNN training with detectron2's LazyConfig (Python configs such as those of
+``configs/lazy/``, detectron2's ``new_baselines``, ViTDet): detectron2's
+``tools/lazyconfig_train_net.py`` with the Dynamic R-CNN hook in place and its log lines shown.
+
+    python lazy_train_net.py --config-file configs/lazy/dynamic_rcnn_R_50_FPN_1x.py --num-gpus 8
+    python lazy_train_net.py --config-file ... --resume
+    python lazy_train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
+    python lazy_train_net.py --config-file ... model.roi_heads.tracker.iou_topk=50 train.max_iter=1000
+
+Any LazyConfig whose ``model`` holds a ``DynamicROIHeads`` trains with Dynamic R-CNN; others train as
+plain detectron2. Bad Dynamic R-CNN values fail when the model is built, before the first iteration.
+"""
+import logging
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.engine import (  # noqa: E402
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.engine.defaults import create_ddp_model  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.events import CommonMetricPrinter  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from dynamic_rcnn import DynamicRCNNMetricPrinter, add_dynamic_rcnn_hook  # noqa: E402
+from dynamic_rcnn.checkpoint import CheckpointError, load_checkpoint, load_model_weights  # noqa: E402
+from dynamic_rcnn.config import check_overrides  # noqa: E402
+from dynamic_rcnn.hook import find_tracker  # noqa: E402
+
+logger = logging.getLogger("dynamic_rcnn.lazy_train_net")
+
+
+def do_test(cfg, model):
+    """Evaluate with ``cfg.dataloader.test`` and ``cfg.dataloader.evaluator``; {} when there is none."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    print_csv_format(ret)
+    return ret
+
+
+def writers(cfg):
+    """detectron2's default writers, the console line with the IoU threshold and beta in force."""
+    return [
+        DynamicRCNNMetricPrinter(cfg.train.max_iter) if type(w) is CommonMetricPrinter else w
+        for w in default_writers(cfg.train.output_dir, cfg.train.max_iter)
+    ]
+
+
+def do_train(args, cfg):
+    """
+    Build the model, optimizer and data from the LazyConfig, then train ``cfg.train.max_iter``
+    iterations with detectron2's hooks and, when the model has ``DynamicROIHeads``, the
+    Dynamic R-CNN hook before the checkpointer and writers. Returns the trainer.
+    """
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    ddp = dict(cfg.train.ddp)
+    if torch.device(cfg.train.device).type == "cpu":
+        ddp["device_ids"] = None  # detectron2 would pass [local_rank], which DDP refuses for a CPU model
+    model = create_ddp_model(model, **ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(writers(cfg), period=cfg.train.log_period) if comm.is_main_process() else None,
+        ]
+    )
+    if find_tracker(model) is not None:
+        add_dynamic_rcnn_hook(trainer)  # before resume: the checkpoint restores its state
+    else:
+        logger.info("The model has no DynamicROIHeads: a plain detectron2 run.")
+    load_checkpoint(checkpointer, cfg.train.init_checkpoint, args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer
+
+
+def setup(args):
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+        cfg.train.device = "cpu"
+        fallback = True
+    else:
+        fallback = False
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
+    if fallback:
+        logger.warning("train.device was cuda but no GPU is visible: using the CPU.")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        if not cfg.train.init_checkpoint:
+            raise SystemExit("error: --eval-only needs weights: add train.init_checkpoint=path/to/model_final.pth")
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        load_model_weights(model, cfg.train.init_checkpoint)  # strictly: no half-random evaluation
+        return do_test(cfg, model)
+    do_train(args, cfg)
+
+
+if __name__ == "__main__":
+    parser = default_argument_parser()
+    args = parser.parse_args()
+    check_overrides(parser, args)
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except CheckpointError as e:  # the message says which file and how to fix it: no traceback
+        sys.exit(f"error: {e}")

@@ -1,0 +1,85 @@
+"""LazyConfig: configs/lazy/*.py and lazy_train_net.py, as a detectron2 user runs them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from detectron2.config import LazyConfig, instantiate
+
+from conftest import ROOT
+
+LAZY = os.path.join(ROOT, "configs", "lazy")
+# Shrink detectron2's common COCO setup to the tiny shapes data on the CPU.
+TINY = [
+    "train.device=cpu", "train.init_checkpoint=", "train.max_iter=3", "train.log_period=1",
+    "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.train.total_batch_size=2",
+    "dataloader.train.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
+    "dataloader.train.mapper.augmentations.0.max_size=128",
+    "dataloader.test.dataset.names=shapes_tiny_train", "dataloader.test.num_workers=0",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+    "dataloader.test.mapper.augmentations.0.max_size=128",
+    # From scratch (no ImageNet weights here) FrozenBN diverges: BN, and a small learning rate.
+    "model.backbone.bottom_up.stem.norm=BN", "model.backbone.bottom_up.stages.norm=BN", "optimizer.lr=0.002",
+    "model.roi_heads.num_classes=3", "model.roi_heads.batch_size_per_image=64",
+    "model.proposal_generator.pre_nms_topk=[300,100]", "model.proposal_generator.post_nms_topk=[100,50]",
+]
+
+
+def run(config, *overrides, timeout=600):
+    cmd = [sys.executable, os.path.join(ROOT, "lazy_train_net.py"), "--config-file", os.path.join(LAZY, config),
+           *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+
+
+@pytest.mark.parametrize("config, mask_on", [("dynamic_rcnn_R_50_FPN_1x.py", False),
+                                             ("dynamic_mask_rcnn_R_50_FPN_1x.py", True)])
+def test_lazy_configs_build_the_papers_model(config, mask_on):
+    cfg = LazyConfig.load(os.path.join(LAZY, config))
+    model = instantiate(cfg.model)
+    heads = model.roi_heads
+    assert type(heads).__name__ == "DynamicROIHeads" and heads.mask_on == mask_on
+    t = heads.tracker
+    assert (t.iou_topk, t.error_topk, t.update_period, t.warmup_iou, t.warmup_beta) == (75, 10, 100, 0.4, 1.0)
+    assert heads.proposal_matcher.thresholds[1] == 0.4 and heads.box_predictor.smooth_l1_beta == 1.0
+    assert model.proposal_generator.nms_thresh == 0.85
+    assert cfg.dataloader.train.mapper.use_instance_mask == mask_on
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.roi_heads.tracker.update_period=0", "UPDATE_PERIOD = 0 is invalid: it must be an integer >= 1"),
+    ("model.roi_heads.tracker.warmup_iou=1.5", "WARMUP_IOU = 1.5 is invalid"),
+    ("model.roi_heads.tracker.iou_topk=0", "IOU_TOPK = 0 is invalid"),
+    ("model.roi_heads.box_predictor.box_reg_loss_type=giou", "ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE"),
+])
+def test_a_bad_lazy_value_fails_when_the_model_is_built(override, message):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(os.path.join(LAZY, "dynamic_rcnn_R_50_FPN_1x.py")), [override])
+    with pytest.raises(ValueError, match=message):
+        instantiate(cfg.model)
+
+
+@pytest.mark.slow
+def test_lazy_train_net_trains_with_the_hook_and_logs_the_updates(tmp_path):
+    out = str(tmp_path)
+    proc = run("dynamic_rcnn_R_50_FPN_1x.py", *TINY, "model.roi_heads.tracker.update_period=1",
+               "model.roi_heads.tracker.warmup_iou=0.05", f"train.output_dir={out}")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "Dynamic R-CNN update at iteration 1 from 1 statistics" in log  # the dynamic_rcnn logger is set up
+    assert " iou_thr: " in log and " beta: " in log  # the console line
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f]
+    loss_rows = [r for r in rows if "total_loss" in r]
+    assert [r["iteration"] for r in loss_rows] == [0, 1, 2]
+    assert all("dynamic_rcnn/iou_threshold" in r for r in loss_rows)  # the hook runs before the writers
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+
+def test_lazy_train_net_refuses_a_bad_value_before_training(tmp_path):
+    proc = run("dynamic_rcnn_R_50_FPN_1x.py", *TINY, "model.roi_heads.tracker.update_period=0",
+               f"train.output_dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = 0 is invalid" in proc.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path), "metrics.json"))

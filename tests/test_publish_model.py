@@ -1,0 +1,124 @@
+"""tools/publish_model.py: a release that plain detectron2 loads, runs and exports without dynamic_rcnn."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+
+from dynamic_rcnn.data import generate_shapes_image
+
+from conftest import ROOT, tiny_cfg
+
+# Runs in a process that never imports dynamic_rcnn: detectron2 alone builds the released model from
+# NAME.inference.yaml and predicts (DefaultPredictor, build_model + DetectionCheckpointer), traces
+# and scripts it with its export tools; every way gives its boxes, scores and classes.
+PLAIN_DETECTRON2 = r"""
+import json, sys, cv2, torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultPredictor
+from detectron2.export import TracingAdapter, scripting_with_instances
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes
+
+release, image_file = sys.argv[1], sys.argv[2]
+cfg = get_cfg()
+cfg.merge_from_file(release + "/tiny.inference.yaml")
+cfg.MODEL.WEIGHTS = release + "/" + cfg.MODEL.WEIGHTS
+cfg.MODEL.DEVICE = "cpu"
+cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+image = cv2.imread(image_file)
+out = {}
+def save(name, boxes, scores, classes):
+    out[name] = [boxes.tolist(), scores.tolist(), classes.tolist()]
+
+inst = DefaultPredictor(cfg)(image)["instances"]
+save("predictor", inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+
+model = build_model(cfg).eval()
+DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+tensor = torch.as_tensor(image.transpose(2, 0, 1).copy())  # same size: the test image is at test size
+with torch.no_grad():
+    inst = model([{"image": tensor}])[0]["instances"]
+save("build_model", inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+
+def inference(model, inputs):
+    inst = model.inference(inputs, do_postprocess=False)[0]
+    return [{"instances": inst}]
+adapter = TracingAdapter(model, [{"image": tensor}], inference)
+traced = torch.jit.trace(adapter, adapter.flattened_inputs)
+inst = adapter.outputs_schema(traced(tensor))[0]["instances"]
+save("traced", inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+
+fields = {"proposal_boxes": Boxes, "objectness_logits": torch.Tensor, "pred_boxes": Boxes,
+          "scores": torch.Tensor, "pred_classes": torch.Tensor}
+scripted = scripting_with_instances(model, fields)
+inst = scripted.inference([{"image": tensor}], do_postprocess=False)[0]
+save("scripted", inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+
+assert not any(m.startswith("dynamic_rcnn") for m in sys.modules), "dynamic_rcnn was imported"
+print(json.dumps(out))
+"""
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A tiny Dynamic R-CNN run (random weights) published to a release folder."""
+    base = tmp_path_factory.mktemp("release")
+    run, out = base / "run", base / "releases"
+    cfg = tiny_cfg("OUTPUT_DIR", str(run))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    os.makedirs(run)
+    DetectionCheckpointer(model, save_dir=str(run)).save("model_final")
+    (run / "config.yaml").write_text(cfg.dump())
+    assert load_tool("publish_model").main([str(run), "--name", "tiny", "--out", str(out)]) == 0
+    return cfg, out
+
+
+def test_inference_config_is_plain_detectron2(release):
+    _, out = release
+    metrics = json.loads((out / "tiny.metrics.json").read_text())
+    assert metrics["inference_config"] == "tiny.inference.yaml"
+    text = (out / "tiny.inference.yaml").read_text()
+    assert "DYNAMIC_RCNN" not in text and "DynamicROIHeads" not in text
+    assert "NAME: StandardROIHeads" in text and f"WEIGHTS: {metrics['checkpoint']}" in text
+
+
+def test_plain_detectron2_gives_the_projects_detections(release, tmp_path):
+    cfg, out = release
+    image, _ = generate_shapes_image(seed=9, index=0, image_size=(128, 128))
+    image_file = str(tmp_path / "image.png")
+    cv2.imwrite(image_file, image)
+    proc = subprocess.run([sys.executable, "-c", PLAIN_DETECTRON2, str(out), image_file], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # Through the project: the training config, DynamicROIHeads, the released weights.
+    cfg = cfg.clone()
+    cfg.MODEL.WEIGHTS = str(out / json.loads((out / "tiny.metrics.json").read_text())["checkpoint"])
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    inst = DefaultPredictor(cfg)(image)["instances"]
+    assert type(DefaultPredictor(cfg).model.roi_heads).__name__ == "DynamicROIHeads"
+    want_boxes, want_scores = inst.pred_boxes.tensor.numpy(), inst.scores.numpy()
+    assert len(want_boxes) > 0
+    for way, (boxes, scores, classes) in plain.items():
+        assert np.allclose(np.array(boxes).reshape(-1, 4), want_boxes, atol=1e-3), way
+        assert np.allclose(scores, want_scores, atol=1e-5), way
+        assert classes == inst.pred_classes.tolist(), way
