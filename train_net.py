@@ -28,7 +28,7 @@ from dynamic_rcnn.checkpoint import (  # noqa: E402
     load_model_weights,
 )
 from dynamic_rcnn.config import check_overrides, load_config  # noqa: E402
-from dynamic_rcnn.data import register_from_args  # noqa: E402
+from dynamic_rcnn.data import check_datasets, register_from_args  # noqa: E402
 
 
 def check_eval_only(args, cfg: CfgNode):
@@ -43,11 +43,23 @@ def check_eval_only(args, cfg: CfgNode):
                  "to the command (or --resume with an OUTPUT_DIR that has a last_checkpoint)")
 
 
-def setup(args):
+def checked_config(args):
+    """
+    The run's config with every start-up check done (config values, options, datasets and their
+    files, --eval-only weights): a problem ends the run before anything is built or written.
+    """
     cfg = load_config(args.config_file, args.opts)
     register_from_args(args, cfg)
+    if not args.eval_only:
+        check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    check_eval_only(args, cfg)
+    return cfg
+
+
+def setup(args):
+    cfg = checked_config(args)
     cfg.freeze()
-    check_eval_only(args, cfg)  # before default_setup writes OUTPUT_DIR/config.yaml
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
     return cfg
@@ -89,6 +101,12 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
+    try:
+        # In this process, before launch starts one per GPU: a bad config value, option or dataset
+        # path ends the run here, in one line, instead of in every worker after the models are built.
+        checked_config(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
     try:
         launch(
             main,

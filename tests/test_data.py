@@ -350,3 +350,23 @@ def test_bccd_root_also_looks_where_detectron2_users_keep_datasets(tmp_path, mon
     monkeypatch.setenv("DYNAMIC_RCNN_DATASETS", str(tmp_path / "mine"))
     mine = make("mine", "BCCD")
     assert data.bccd_root() == mine
+
+
+def test_check_datasets_names_unregistered_datasets_and_missing_files(tmp_path, monkeypatch):
+    from dynamic_rcnn.data import check_datasets, register_coco
+
+    check_datasets(("shapes_tiny_train",), "DATASETS.TRAIN")
+    with pytest.raises(KeyError, match="DATASETS.TRAIN names the dataset 'nope', which is not registered"):
+        check_datasets(("nope",), "DATASETS.TRAIN")
+    # detectron2's built-in COCO points under $DETECTRON2_DATASETS, loaded only when training starts.
+    with pytest.raises(FileNotFoundError, match="'coco_2017_train' needs .*instances_train2017.json, which does not exist"):
+        check_datasets(("coco_2017_train",), "DATASETS.TRAIN")
+    images = tmp_path / "images"
+    images.mkdir()
+    coco = tmp_path / "a.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    register_coco("check_datasets_tmp", str(coco), str(images))
+    check_datasets(("check_datasets_tmp",), "DATASETS.TEST")
+    images.rmdir()
+    with pytest.raises(FileNotFoundError, match="DATASETS.TEST: the dataset 'check_datasets_tmp' needs .*images"):
+        check_datasets(("check_datasets_tmp",), "DATASETS.TEST")

@@ -29,6 +29,7 @@ __all__ = [
     "bccd_root",
     "register_builtin",
     "register_from_args",
+    "check_datasets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,3 +112,31 @@ def register_from_args(args, cfg) -> None:
         if cfg.MODEL.ROI_HEADS.NUM_CLASSES != num_classes:
             logger.info("MODEL.ROI_HEADS.NUM_CLASSES = %d, the categories of %s", num_classes, json_file)
             cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+
+
+def check_datasets(names, key: str) -> None:
+    """
+    Before anything is built: every dataset of ``names`` (a config's ``DATASETS.TRAIN`` or ``TEST``,
+    named ``key`` in messages) is registered, and the files its metadata points at exist (detectron2
+    registers COCO, LVIS, ... with paths under ``$DETECTRON2_DATASETS``, and loads them only when
+    training starts). Raises FileNotFoundError / KeyError naming the dataset, the path and the fix.
+    """
+    from detectron2.data import MetadataCatalog
+
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            raise KeyError(
+                f"{key} names the dataset {name!r}, which is not registered. Register it (see README, *Your "
+                f"own data*) or use one of: {', '.join(sorted(registered))}"
+            )
+        meta = MetadataCatalog.get(name)
+        for field in ("json_file", "image_root", "dirname"):
+            path = getattr(meta, field, None) if field in meta.as_dict() else None
+            if isinstance(path, str) and "://" not in path and not os.path.exists(path):
+                where = os.environ.get("DETECTRON2_DATASETS", "datasets")
+                raise FileNotFoundError(
+                    f"{key}: the dataset {name!r} needs {path}, which does not exist. detectron2 looks for its "
+                    f"built-in datasets under $DETECTRON2_DATASETS (now {where!r}, relative to the current "
+                    "folder): put the data there in detectron2's layout, or set DETECTRON2_DATASETS."
+                )
