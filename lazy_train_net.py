@@ -38,7 +38,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from dynamic_rcnn import DynamicRCNNMetricPrinter, add_dynamic_rcnn_hook  # noqa: E402
 from dynamic_rcnn.checkpoint import CheckpointError, load_checkpoint, load_model_weights  # noqa: E402
-from dynamic_rcnn.config import check_overrides  # noqa: E402
+from dynamic_rcnn.config import ConfigError, check_overrides  # noqa: E402
+from dynamic_rcnn.data import check_datasets  # noqa: E402
 from dynamic_rcnn.hook import find_tracker  # noqa: E402
 
 logger = logging.getLogger("dynamic_rcnn.lazy_train_net")
@@ -97,14 +98,25 @@ def do_train(args, cfg):
     return trainer
 
 
-def setup(args):
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+def checked_config(args):
+    """
+    The LazyConfig with its overrides, its datasets checked (registered, files present) and
+    ``train.device`` moved to the CPU when no GPU is visible; the model is checked when built.
+    Returns (cfg, whether the device fell back).
+    """
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    for part in ("train", "test"):
+        names = cfg.dataloader[part].dataset.get("names", ()) if part in cfg.dataloader else ()
+        if part == "test" or not args.eval_only:
+            check_datasets([names] if isinstance(names, str) else list(names), f"dataloader.{part}.dataset.names")
+    fallback = str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available()
+    if fallback:
         cfg.train.device = "cpu"
-        fallback = True
-    else:
-        fallback = False
+    return cfg, fallback
+
+
+def setup(args):
+    cfg, fallback = checked_config(args)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
     if fallback:
@@ -129,6 +141,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     check_overrides(parser, args)
     try:
+        checked_config(args)  # here, before launch starts one process per GPU: one line, not one per worker
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
+    try:
         launch(
             main,
             args.num_gpus,
@@ -137,5 +153,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except CheckpointError as e:  # the message says which file and how to fix it: no traceback
+    except (CheckpointError, ConfigError) as e:  # the message says what, where and how to fix it
         sys.exit(f"error: {e}")

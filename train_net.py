@@ -27,7 +27,7 @@ from dynamic_rcnn.checkpoint import (  # noqa: E402
     checkpoint_to_load,
     load_model_weights,
 )
-from dynamic_rcnn.config import check_overrides, load_config  # noqa: E402
+from dynamic_rcnn.config import ConfigError, check_overrides, load_config  # noqa: E402
 from dynamic_rcnn.data import check_datasets, register_from_args  # noqa: E402
 
 
@@ -116,5 +116,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except CheckpointError as e:  # the message says which file and how to fix it: no traceback
+    except (CheckpointError, ConfigError) as e:  # the message says what, where and how to fix it
         sys.exit(f"error: {e}")

@@ -10,6 +10,7 @@ from detectron2.config import get_cfg
 from .statistics import STATISTICS
 
 __all__ = [
+    "ConfigError",
     "add_dynamic_rcnn_config",
     "validate_dynamic_rcnn_config",
     "check_dynamic_rcnn_args",
@@ -63,6 +64,11 @@ def add_dynamic_rcnn_config(cfg):
     _C.MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU = 0.0
 
 
+class ConfigError(ValueError):
+    """A Dynamic R-CNN setting that is out of range or a combination that is not defined; the message
+    names the config key (and the constructor argument) and what is allowed."""
+
+
 def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
@@ -107,9 +113,9 @@ def check_dynamic_rcnn_args(**values) -> None:
     for arg, value in values.items():
         key, ok, allowed = _RULES[arg]
         if not ok(value):
-            raise ValueError(f"MODEL.DYNAMIC_RCNN.{key} = {value!r} is invalid: {allowed} (argument `{arg}`).")
+            raise ConfigError(f"MODEL.DYNAMIC_RCNN.{key} = {value!r} is invalid: {allowed} (argument `{arg}`).")
     if values.get("statistic") == "object" and values.get("stats_include_gt"):
-        raise ValueError(
+        raise ConfigError(
             "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = True is invalid: STATISTIC 'object' measures the RPN's "
             "proposals of each object, and an appended ground-truth box would be its own object's best "
             "proposal: set MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False (argument `stats_include_gt`)."
@@ -119,7 +125,7 @@ def check_dynamic_rcnn_args(**values) -> None:
 def check_box_loss(enable_dsl: bool, loss_type: str) -> None:
     """DSL moves the SmoothL1 beta: it is not defined for another box-regression loss."""
     if enable_dsl and loss_type != "smooth_l1":
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.DYNAMIC_RCNN.ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "
             f"'smooth_l1' (Dynamic SmoothL1 Loss moves its beta), but it is {loss_type!r}. Set the loss "
             "type to 'smooth_l1' (box_predictor's `box_reg_loss_type`), or ENABLE_DSL: False."
@@ -146,7 +152,7 @@ def validate_dynamic_rcnn_config(cfg):
     enabled = d.ENABLE_DLA or d.ENABLE_DSL
     head = cfg.MODEL.ROI_HEADS.NAME
     if enabled and head == "CascadeROIHeads":
-        raise ValueError(
+        raise ConfigError(
             "MODEL.ROI_HEADS.NAME = 'CascadeROIHeads' cannot be combined with Dynamic R-CNN: its "
             "stages use the fixed thresholds MODEL.ROI_BOX_CASCADE_HEAD.IOUS. Set MODEL.ROI_HEADS.NAME: "
             "DynamicROIHeads, or MODEL.DYNAMIC_RCNN.ENABLE_DLA: False and ENABLE_DSL: False."
