@@ -68,7 +68,7 @@ def main(argv=None):
     train_minutes = (time.time() - start) / 60
 
     series = read_metrics(os.path.join(out, "metrics.json"))
-    plot_dynamics(series, os.path.join(out, "dynamics.png"))
+    plot_dynamics(series, os.path.join(out, "dynamics.png"), cfg.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD)
     plot_losses(series, os.path.join(out, "losses.png"))
     weights = os.path.join(out, "model_final.pth")
     predictions = os.path.join(out, "predictions")
