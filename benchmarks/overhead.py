@@ -8,6 +8,12 @@ peak memory of each and their ratio.
 
     python benchmarks/overhead.py --preset tiny  [--steps 20]        # shapes R-18-FPN, 192 px, 4 images
     python benchmarks/overhead.py --preset r50-coco --steps 3        # R-50-FPN, 800 x 1216, 2 images
+    python benchmarks/overhead.py --count-ops [--opts MODEL.DYNAMIC_RCNN.STATISTIC scaled]
+
+``--opts KEY VALUE ...`` changes the dynamic head only (another statistic, the positives guard).
+``--count-ops`` profiles one training step of each head on the same batch and prints the number of
+aten operations each called (those called from Python, not those they call inside): a count that the machine's load does not change, for where a timing is
+noise (the CPU).
 
 Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` per step; on the CPU, where torch keeps no
 allocator statistics, the peak resident set size of a separate process per variant running the
@@ -47,7 +53,7 @@ PRESETS = {
 }
 
 
-def build(preset, head, device, period):
+def build(preset, head, device, period, dynamic_opts=()):
     import torch
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
@@ -60,6 +66,8 @@ def build(preset, head, device, period):
         # The baseline the dynamic head starts from: IoU 0.4 (warm-up), SmoothL1 beta 1.0.
         opts += ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS", [0.4],
                  "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 1.0]
+    else:
+        opts += list(dynamic_opts)
     cfg = load_config(os.path.join(ROOT, p["config"]), opts)
     torch.manual_seed(0)
     model = build_model(cfg)  # same seed: the same initial weights for both heads
@@ -133,7 +141,7 @@ def timing(args):
     heads = ("standard", "standard (copy)") if args.control else ("dynamic", "standard")
     runners = {}
     for head in heads:
-        cfg, model, opt = build(args.preset, head.split()[0], args.device, args.period)
+        cfg, model, opt = build(args.preset, head.split()[0], args.device, args.period, args.opts)
         batches = make_batches(args.preset, args.steps + args.warmup, cfg.SOLVER.IMS_PER_BATCH)
         runners[head] = Runner(cfg, model, opt, iter(batches * 2))
     times = {h: [] for h in heads}
@@ -151,9 +159,30 @@ def timing(args):
     return heads, times, memory, tracker
 
 
+def count_ops(args):
+    """aten operations of one training step of each head, on the same batch after ``--warmup`` steps."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = {}
+    for head in ("dynamic", "standard"):
+        cfg, model, opt = build(args.preset, head, args.device, args.period, args.opts)
+        batches = make_batches(args.preset, args.warmup + 1, cfg.SOLVER.IMS_PER_BATCH)
+        runner = Runner(cfg, model, opt, iter(batches))
+        for _ in range(args.warmup):
+            runner.step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+        with profile(activities=activities) as prof:
+            runner.step()
+        # Operations called from Python (not those an operation calls inside): what a step launches.
+        counts[head] = sum(1 for e in prof.events() if e.name.startswith("aten::")
+                           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    return counts
+
+
 def memory_child(args):
     """--memory-child HEAD: run the steps for one head, print this process's peak RSS in MiB."""
-    cfg, model, opt = build(args.preset, args.memory_child, args.device, args.period)
+    cfg, model, opt = build(args.preset, args.memory_child, args.device, args.period, args.opts)
     batches = make_batches(args.preset, args.memory_steps, cfg.SOLVER.IMS_PER_BATCH)
     runner = Runner(cfg, model, opt, iter(batches))
     for _ in range(args.memory_steps):
@@ -166,7 +195,7 @@ def cpu_memory(args, heads):
     for head in heads:
         cmd = [sys.executable, os.path.abspath(__file__), "--preset", args.preset, "--device", args.device,
                "--period", str(args.period), "--memory-steps", str(args.memory_steps),
-               "--memory-child", head.split()[0]]
+               "--memory-child", head.split()[0], "--opts", *args.opts]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         peaks[head] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
     return peaks
@@ -183,13 +212,22 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--control", action="store_true",
                         help="time the standard head against a copy of itself (the noise floor)")
+    parser.add_argument("--count-ops", action="store_true", help="count the aten operations of one step of each head")
     parser.add_argument("--memory-child", choices=("dynamic", "standard"), help=argparse.SUPPRESS)
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE ... for the dynamic head")
     args = parser.parse_args(argv)
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.memory_child:
         memory_child(args)
+        return 0
+    if args.count_ops:
+        counts = count_ops(args)
+        print(f"preset {args.preset}, one training step after {args.warmup} warm-up, dynamic opts {' '.join(args.opts) or '-'}")
+        print(f"  aten operations   dynamic {counts['dynamic']}   standard {counts['standard']}   "
+              f"difference {counts['dynamic'] - counts['standard']:+d}")
+        print(json.dumps({"preset": args.preset, "opts": args.opts, "aten_ops": counts}))
         return 0
 
     heads, times, memory, tracker = timing(args)

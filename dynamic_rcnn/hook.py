@@ -123,14 +123,16 @@ class DynamicRCNNHook(HookBase):
                 "iteration it is written at, and metrics.json gets them a row late. Put the hook in place "
                 "with dynamic_rcnn.add_dynamic_rcnn_hook(trainer).", ", ".join(late),
             )
-        start, end = self.trainer.start_iter, self.trainer.max_iter
+        # TrainerBase.train sets both; a loop that calls the hooks itself may not.
+        start = getattr(self.trainer, "start_iter", self.trainer.iter)
+        end = getattr(self.trainer, "max_iter", None)
         if start > 0 and not self.restored:
             logger.warning(
                 "Dynamic R-CNN resumes at iteration %d from a checkpoint without Dynamic R-CNN state (a "
                 "baseline run, or one without the hook): it starts from the warm-up values.", start,
             )
         first_update = max(1, -(-start // t.update_period)) * t.update_period
-        if t.enabled and first_update >= end:
+        if t.enabled and end is not None and first_update >= end:
             logger.warning(
                 "Dynamic R-CNN will never update: UPDATE_PERIOD %d and training from iteration %d to %d "
                 "(SOLVER.MAX_ITER) leave no update iteration; the warm-up values stay in force. Lower "

@@ -39,13 +39,15 @@ class DynamicMatcher(Matcher):
 
     def _threshold(self, matched_vals: torch.Tensor):
         threshold = self.thresholds[1]
-        if self.min_positives_iou <= 0 or threshold <= self.min_positives_iou or self.positives_quota < 1:
+        guard = self.min_positives_iou
+        if guard <= 0 or threshold <= guard or self.positives_quota < 1:
             return threshold
-        # All on the device, no sync: k-th best IoU with k = min(#IoU >= guard, quota).
-        n_ref = (matched_vals >= self.min_positives_iou).sum()
-        k = n_ref.clamp(min=1, max=min(self.positives_quota, matched_vals.numel()))
-        kth = torch.sort(matched_vals, descending=True).values[k - 1]
-        return torch.where(n_ref > 0, torch.clamp(kth, max=threshold), torch.full_like(kth, threshold))
+        # All on the device, no sync: the k-th best IoU, k = min(#IoU >= guard, quota), clamped to
+        # [guard, T]. With no IoU >= guard, the k = 1st best is below the guard: the clamp gives the
+        # guard, which labels nothing, as T would.
+        best = torch.topk(matched_vals, min(self.positives_quota, matched_vals.numel())).values
+        k = (matched_vals >= guard).sum().clamp(min=1, max=best.numel())
+        return best[k - 1].clamp(min=guard, max=threshold)
 
     def __call__(self, match_quality_matrix: torch.Tensor):
         if match_quality_matrix.numel() == 0:
