@@ -69,9 +69,22 @@ def test_overhead_alternates_the_first_head_and_times_both():
         return original_step(self)
 
     overhead.Runner.step = step
-    args = argparse.Namespace(threads=0, control=False, preset="tiny", device="cpu", period=1, steps=1, warmup=1)
+    args = argparse.Namespace(threads=0, control=False, preset="tiny", device="cpu", period=1, steps=1, warmup=1, opts=[])
     heads, times, memory, tracker = overhead.timing(args)
     assert heads == ("dynamic", "standard") and [len(times[h]) for h in heads] == [1, 1]
     # A B, then B A: neither head always goes first.
     assert order == ["DynamicROIHeads", "StandardROIHeads", "StandardROIHeads", "DynamicROIHeads"]
     assert tracker is not None and tracker.beta < 1.0  # period 1: the hook updated before step 2
+
+
+def test_count_ops_counts_what_the_dynamic_head_adds():
+    spec = importlib.util.spec_from_file_location("overhead", os.path.join(ROOT, "benchmarks", "overhead.py"))
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    base = argparse.Namespace(preset="tiny", device="cpu", period=5, warmup=1, opts=[])
+    counts = overhead.count_ops(base)
+    # The statistics cost operations; the standard head makes none of them.
+    assert counts["standard"] > 1000 and counts["dynamic"] > counts["standard"]
+    guarded = overhead.count_ops(argparse.Namespace(**{**vars(base), "opts": [
+        "MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU", 0.5, "MODEL.DYNAMIC_RCNN.WARMUP_IOU", 0.6]}))
+    assert guarded["dynamic"] > counts["dynamic"]  # the guard works while T > 0.5: its operations show
