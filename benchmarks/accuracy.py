@@ -11,6 +11,7 @@ data for every variant (``VARIANTS`` below lists them; ``--list`` prints them wi
   ``dynamic_guard``: the positives guard (``MIN_POSITIVES_IOU: 0.5``).
 
     python benchmarks/accuracy.py --datasets shapes bccd --seeds 0 1 2 3 --jobs 2 --threads 1 [--variants ...]
+    python benchmarks/accuracy.py --schedule 4 ...        # 4x the configs' iterations (a GPU's job)
 
 Each run is ``train_net.py`` in its own process, written to ``--out/DATASET/VARIANT/seedN``; a run
 whose ``train_summary.json`` and AP table exist is not run again, so the matrix can be completed over
@@ -242,10 +243,24 @@ def plot_trajectories(rows, out_dir):
     return written
 
 
-def run_command(out, dataset, variant, seed, opts):
+def schedule_opts(dataset, factor):
+    """Overrides that make the dataset config's schedule ``factor`` times longer (steps scaled alike)."""
+    if factor == 1:
+        return []
+    sys.path.insert(0, ROOT)
+    from dynamic_rcnn.config import load_config
+
+    solver = load_config(os.path.join(ROOT, DATASETS[dataset][0])).SOLVER
+    return ["SOLVER.MAX_ITER", str(solver.MAX_ITER * factor),
+            "SOLVER.STEPS", str(tuple(s * factor for s in solver.STEPS)),
+            "SOLVER.CHECKPOINT_PERIOD", str(solver.CHECKPOINT_PERIOD * factor)]
+
+
+def run_command(out, dataset, variant, seed, opts, schedule=1):
     config, dataset_opts = DATASETS[dataset]
     return [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, config),
-            *dataset_opts, *VARIANTS[variant], "SEED", str(seed), *opts, "OUTPUT_DIR", run_dir(out, dataset, variant, seed)]
+            *dataset_opts, *VARIANTS[variant], "SEED", str(seed), *schedule_opts(dataset, schedule), *opts,
+            "OUTPUT_DIR", run_dir(out, dataset, variant, seed)]
 
 
 def run_all(todo, jobs, threads):
@@ -282,14 +297,19 @@ def main(argv=None):
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--variants", nargs="+", default=["baseline_authors", "dynamic"], choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
-    parser.add_argument("--out", default=os.path.join(ROOT, "output", "benchmarks", "accuracy"))
+    parser.add_argument("--out", default=None, help="default: output/benchmarks/accuracy[_xN]")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads a run (0: torch's default)")
+    parser.add_argument("--schedule", type=int, default=1,
+                        help="train N times the configs' iterations (steps scaled alike); default --out gets _xN")
     parser.add_argument("--report-only", action="store_true", help="print the table of the runs made so far")
     parser.add_argument("--list", action="store_true", help="print the variants and their overrides")
     parser.add_argument("--plot-dir", help="also draw trajectories_DATASET.png (IoU threshold, beta) here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
     args = parser.parse_args(argv)
+    if args.out is None:
+        suffix = f"_x{args.schedule}" if args.schedule != 1 else ""
+        args.out = os.path.join(ROOT, "output", "benchmarks", "accuracy" + suffix)
     if args.list:
         for name, opts in VARIANTS.items():
             print(f"{name}: {' '.join(opts)}")
@@ -299,7 +319,7 @@ def main(argv=None):
     if not args.report_only:
         # Seeds outermost: a matrix stopped half-way still has every variant of the first seeds.
         order = sorted(keys, key=lambda k: (k[2], args.datasets.index(k[0]), args.variants.index(k[1])))
-        todo = [(run_dir(args.out, *k), run_command(args.out, *k, args.opts)) for k in order
+        todo = [(run_dir(args.out, *k), run_command(args.out, *k, args.opts, args.schedule)) for k in order
                 if read_run(run_dir(args.out, *k)) is None]
         run_all(todo, args.jobs, args.threads)
     rows = [(k, r) for k in keys if (r := read_run(run_dir(args.out, *k))) is not None]
