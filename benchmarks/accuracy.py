@@ -71,6 +71,10 @@ VARIANTS = {
     "object": PAPER + [_D + "STATISTIC", "object"] + COCO_TOPK + NO_GT,
     # The positives guard: never fewer positives an image than IoU 0.5 gives (up to the quota).
     "dynamic_guard": PAPER + [_D + "MIN_POSITIVES_IOU", "0.5"],
+    # The statistics above with the warm-up floor at the baseline's 0.5 instead of the paper's 0.4:
+    # the threshold never goes below the baseline's, and rises where the proposals allow.
+    "scaled_no_gt_floor50": PAPER + [_D + "STATISTIC", "scaled"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
+    "object_floor50": PAPER + [_D + "STATISTIC", "object"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
 }
 REFERENCE = "baseline_authors"
 # Two-sided 95 % Student t quantiles by degrees of freedom, for the paired differences.
