@@ -1,6 +1,7 @@
 """tools/publish_model.py -> dynamic_rcnn.model_zoo: names, hashes, embedded configs, refusals."""
 import importlib.util
 import json
+import logging
 import os
 
 import pytest
@@ -10,7 +11,7 @@ from detectron2.modeling import build_model
 
 from dynamic_rcnn import model_zoo
 
-from conftest import ROOT, tiny_cfg
+from conftest import ROOT, SHAPES_BASE, TINY_OPTS, tiny_cfg
 
 
 def load_tool(name):
@@ -42,8 +43,8 @@ def test_publish_keeps_only_weights_and_embeds_config(run_dir, tmp_path, monkeyp
     publish = load_tool("publish_model")
     assert publish.main([str(run), "--name", "tiny_model", "--out", str(releases)]) == 0
     files = sorted(os.listdir(releases))
-    assert len(files) == 2 and files[0] == "tiny_model.metrics.json"
-    ckpt_name = files[1]
+    ckpt_name = next(f for f in files if f.endswith(".pth"))
+    assert files == sorted([ckpt_name, "tiny_model.metrics.json", "tiny_model.inference.yaml"])
     digest = model_zoo.sha256_of(str(releases / ckpt_name))
     assert ckpt_name == f"tiny_model_{digest[:8]}.pth"
     data = torch.load(str(releases / ckpt_name), map_location="cpu", weights_only=False)
@@ -55,10 +56,11 @@ def test_publish_keeps_only_weights_and_embeds_config(run_dir, tmp_path, monkeyp
     assert metrics["train"]["s_per_iter"] == 0.5
     assert metrics["schedule"]["max_iter"] == 8
 
-    # get(): the embedded config and the released weights, hash checked.
+    # get(): the embedded config and the released weights, hash checked; in training mode, as
+    # detectron2.model_zoo.get returns its models.
     monkeypatch.setenv("DYNAMIC_RCNN_RELEASES", str(releases))
     loaded = model_zoo.get("tiny_model", trained=True)
-    assert not loaded.training
+    assert loaded.training
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     cfg = model_zoo.get_config("tiny_model", trained=True)
@@ -133,3 +135,129 @@ def test_the_release_its_metrics_name_is_used_among_several(run_dir, tmp_path):
     os.remove(releases / "tiny_model.metrics.json")
     with pytest.raises(FileNotFoundError, match="holds 3 releases of tiny_model .* keep one"):
         model_zoo.get_checkpoint_file("tiny_model", str(releases))
+
+
+def _zoo_warnings():
+    """Collects the warnings of the dynamic_rcnn loggers (whatever setup_logger did to propagation)."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("dynamic_rcnn").addHandler(handler)
+    return records, handler
+
+
+def test_get_untrained_loads_the_configs_weights_in_training_mode_as_detectron2(tmp_path, monkeypatch):
+    # A zoo whose config names initial weights, as the COCO configs name an ImageNet backbone.
+    torch.manual_seed(1)
+    cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path))
+    initial = build_model(cfg)
+    DetectionCheckpointer(initial, save_dir=str(tmp_path)).save("init")
+    zoo = tmp_path / "zoo"
+    (zoo / "configs").mkdir(parents=True)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "init.pth")
+    (zoo / "configs" / "tiny.yaml").write_text(cfg.dump())
+    monkeypatch.setattr(model_zoo, "_PACKAGE_DIR", str(zoo))
+
+    model = model_zoo.get("tiny", trained=False, device="cpu")
+    assert model.training  # detectron2.model_zoo.get: "Will be in training mode"
+    for k, v in initial.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_configs_are_read_inside_the_package_first_else_from_the_checkout(tmp_path, monkeypatch):
+    checkout = os.path.join(ROOT, "configs", "shapes", "dynamic_rcnn_R_18_FPN_shapes.yaml")
+    assert model_zoo.get_config_file("shapes/dynamic_rcnn_R_18_FPN_shapes") == checkout
+    package = tmp_path / "dynamic_rcnn"
+    (package / "configs" / "shapes").mkdir(parents=True)
+    (package / "releases").mkdir()
+    (package / "configs" / "shapes" / "only_installed.yaml").write_text(open(checkout).read())
+    (package / "releases" / "only_installed.metrics.json").write_text("{}")
+    monkeypatch.setattr(model_zoo, "_PACKAGE_DIR", str(package))
+    monkeypatch.delenv("DYNAMIC_RCNN_RELEASES", raising=False)
+    installed = package / "configs" / "shapes" / "only_installed.yaml"
+    assert model_zoo.get_config_file("shapes/only_installed") == str(installed)
+    with pytest.raises(FileNotFoundError, match=f"No config shapes/dynamic_rcnn_R_18_FPN_shapes.yaml in {package}"):
+        model_zoo.get_config_file("shapes/dynamic_rcnn_R_18_FPN_shapes")
+    assert model_zoo.release_dir() == str(package / "releases")
+    assert model_zoo.released_names() == ["only_installed"]
+
+
+def test_the_cpu_fallback_warns_for_every_config_the_zoo_loads(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run, _ = run_dir
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("DEVICE: cpu", "DEVICE: cuda"))
+    releases = tmp_path / "releases"
+    load_tool("publish_model").main([str(run), "--name", "tiny_model", "--out", str(releases)])
+    monkeypatch.setenv("DYNAMIC_RCNN_RELEASES", str(releases))
+    records, handler = _zoo_warnings()
+    try:
+        for name, trained in (("shapes/dynamic_rcnn_R_18_FPN_shapes", False), ("tiny_model", True)):
+            del records[:]
+            cfg = model_zoo.get_config(name, trained=trained)  # both say MODEL.DEVICE cuda
+            assert cfg.MODEL.DEVICE == "cpu", name
+            assert any("no GPU is visible: using the CPU" in r.getMessage() for r in records), (name, records)
+            del records[:]
+            model = model_zoo.get(name, trained=trained)
+            assert next(model.parameters()).device.type == "cpu"
+            assert any("no GPU is visible" in r.getMessage() for r in records), (name, records)
+        # A LazyConfig: train.device (detectron2's common/train.py says cuda).
+        del records[:]
+        lazy = model_zoo.get_config("lazy/dynamic_rcnn_R_50_FPN_1x.py")
+        assert lazy.train.device == "cpu"
+        assert any("train.device=cuda" in r.getMessage() for r in records), records
+    finally:
+        logging.getLogger("dynamic_rcnn").removeHandler(handler)
+
+
+def test_lazy_configs_are_served_as_detectron2_serves_its_own(tmp_path, monkeypatch):
+    path = model_zoo.get_config_file("lazy/dynamic_rcnn_R_50_FPN_1x.py")
+    assert path == os.path.join(ROOT, "configs", "lazy", "dynamic_rcnn_R_50_FPN_1x.py")
+    cfg = model_zoo.get_config("lazy/dynamic_rcnn_R_50_FPN_1x.py")
+    assert cfg.model.roi_heads.tracker.update_period == 100
+    with pytest.raises(FileNotFoundError, match="available: .*lazy/dynamic_rcnn_R_50_FPN_1x.py"):
+        model_zoo.get_config_file("lazy/no_such.py")
+    monkeypatch.delenv("DYNAMIC_RCNN_RELEASES", raising=False)
+    with pytest.raises(FileNotFoundError, match="released no checkpoint named dynamic_rcnn_R_50_FPN_1x"):
+        model_zoo.get_config("lazy/dynamic_rcnn_R_50_FPN_1x.py", trained=True)
+
+    # get(): the model of cfg.model with train.init_checkpoint loaded, in training mode.
+    torch.manual_seed(2)
+    initial = build_model(tiny_cfg())
+    DetectionCheckpointer(initial, save_dir=str(tmp_path)).save("init")
+    zoo = tmp_path / "zoo"
+    (zoo / "configs").mkdir(parents=True)
+    (zoo / "configs" / "tiny.py").write_text(
+        "from detectron2.config import LazyCall as L, get_cfg\n"
+        "from detectron2.modeling import build_model\n"
+        "from dynamic_rcnn import add_dynamic_rcnn_config\n"
+        "_cfg = get_cfg()\n"
+        "add_dynamic_rcnn_config(_cfg)\n"
+        f"_cfg.merge_from_file({SHAPES_BASE!r})\n"
+        f"_cfg.merge_from_list({[str(v) for v in TINY_OPTS]!r})\n"
+        "model = L(build_model)(cfg=_cfg)\n"
+        f"train = dict(device='cpu', init_checkpoint={str(tmp_path / 'init.pth')!r})\n"
+    )
+    monkeypatch.setattr(model_zoo, "_PACKAGE_DIR", str(zoo))
+    model = model_zoo.get("tiny.py")
+    assert model.training
+    for k, v in initial.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_checkpoint_this_project_never_released_is_named_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("DYNAMIC_RCNN_RELEASES", raising=False)
+    monkeypatch.delenv("DYNAMIC_RCNN_RELEASE_URL", raising=False)
+    released = "dynamic_rcnn_R_18_FPN_bccd, dynamic_rcnn_R_18_FPN_shapes"
+    with pytest.raises(FileNotFoundError) as e:
+        model_zoo.get_config("dynamic_rcnn_R_50_FPN_1x", trained=True)  # a COCO config: never trained here
+    assert "released no checkpoint named dynamic_rcnn_R_50_FPN_1x (it was not trained here)" in str(e.value)
+    assert f"released: {released}" in str(e.value)
+    assert "Publish one" not in str(e.value)
+
+    # A release whose file is not at hand: named as released, with where to get it.
+    monkeypatch.setenv("DYNAMIC_RCNN_RELEASES", str(tmp_path))
+    with open(os.path.join(ROOT, "releases", "dynamic_rcnn_R_18_FPN_shapes.metrics.json")) as f:
+        listed = json.load(f)["checkpoint"]
+    expected = f"dynamic_rcnn_R_18_FPN_shapes was released as {listed}, which is not in {tmp_path}.*DYNAMIC_RCNN_RELEASE_URL"
+    with pytest.raises(FileNotFoundError, match=expected):
+        model_zoo.get("shapes/dynamic_rcnn_R_18_FPN_shapes", trained=True)
