@@ -12,6 +12,10 @@ from dynamic_rcnn import add_dynamic_rcnn_config
 
 # Generated datasets go to a folder of this test session, never to the user's cache.
 os.environ.setdefault("DYNAMIC_RCNN_CACHE", tempfile.mkdtemp(prefix="dynamic_rcnn_test_cache_"))
+# One CPU thread in this process and in the processes the tests start: the models are tiny, and
+# several processes with several threads each on 2 cores spend their time waiting for each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_BASE = os.path.join(ROOT, "configs", "shapes", "Base-Shapes-R18-FPN.yaml")
