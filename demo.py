@@ -129,7 +129,7 @@ def output_paths(files, folder):
 def main(argv=None):
     parser = argument_parser()
     args = parser.parse_args(argv)
-    from dynamic_rcnn.config import check_overrides
+    from dynamic_rcnn.cli import check_overrides
 
     check_overrides(parser, args)
     if os.path.exists(args.output) and not os.path.isdir(args.output):

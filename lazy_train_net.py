@@ -13,7 +13,6 @@ Any LazyConfig whose ``model`` holds a ``DynamicROIHeads`` trains with Dynamic R
 plain detectron2. Bad Dynamic R-CNN values fail when the model is built, before the first iteration.
 """
 import logging
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
@@ -28,7 +27,6 @@ from detectron2.engine import (  # noqa: E402
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
@@ -37,8 +35,8 @@ from detectron2.utils.events import CommonMetricPrinter  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from dynamic_rcnn import DynamicRCNNMetricPrinter, add_dynamic_rcnn_hook  # noqa: E402
-from dynamic_rcnn.checkpoint import CheckpointError, load_checkpoint, load_model_weights  # noqa: E402
-from dynamic_rcnn.config import ConfigError, check_overrides  # noqa: E402
+from dynamic_rcnn.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
+from dynamic_rcnn.cli import check_overrides, launch_checked  # noqa: E402
 from dynamic_rcnn.data import check_datasets  # noqa: E402
 from dynamic_rcnn.hook import find_tracker  # noqa: E402
 
@@ -140,18 +138,4 @@ if __name__ == "__main__":
     parser = default_argument_parser()
     args = parser.parse_args()
     check_overrides(parser, args)
-    try:
-        checked_config(args)  # here, before launch starts one process per GPU: one line, not one per worker
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (CheckpointError, ConfigError) as e:  # the message says what, where and how to fix it
-        sys.exit(f"error: {e}")
+    launch_checked(main, args, checked_config)

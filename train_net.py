@@ -16,18 +16,18 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from dynamic_rcnn import Trainer  # noqa: E402  (importing registers DynamicROIHeads and the datasets)
 from dynamic_rcnn.checkpoint import (  # noqa: E402
     LAST_CHECKPOINT,
-    CheckpointError,
     checkpoint_to_load,
     load_model_weights,
 )
-from dynamic_rcnn.config import ConfigError, check_overrides, load_config  # noqa: E402
+from dynamic_rcnn.cli import check_overrides, launch_checked  # noqa: E402
+from dynamic_rcnn.config import load_config  # noqa: E402
 from dynamic_rcnn.data import check_datasets, register_from_args  # noqa: E402
 
 
@@ -101,20 +101,4 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    try:
-        # In this process, before launch starts one per GPU: a bad config value, option or dataset
-        # path ends the run here, in one line, instead of in every worker after the models are built.
-        checked_config(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (CheckpointError, ConfigError) as e:  # the message says what, where and how to fix it
-        sys.exit(f"error: {e}")
+    launch_checked(main, args, checked_config)

@@ -161,7 +161,6 @@ def timing(args):
 
 def count_ops(args):
     """aten operations of one training step of each head, on the same batch after ``--warmup`` steps."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     counts = {}

@@ -15,7 +15,6 @@ __all__ = [
     "validate_dynamic_rcnn_config",
     "check_dynamic_rcnn_args",
     "check_box_loss",
-    "check_overrides",
     "load_config",
 ]
 
@@ -159,26 +158,6 @@ def validate_dynamic_rcnn_config(cfg):
         )
     if head == "DynamicROIHeads":
         check_box_loss(d.ENABLE_DSL, cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE)
-
-
-def check_overrides(parser, args):
-    """
-    For the scripts (train_net.py, lazy_train_net.py, demo.py): the config overrides (``KEY VALUE
-    ...`` or ``key=value ...``, ``args.opts``) take the rest of the command line (argparse
-    REMAINDER), so an option written after them, e.g. ``--resume``, would land there and fail in
-    detectron2 as "Override list has odd length" or "Non-existent key: --resume". Refuse such an
-    option with an argparse error (usage, then one ``error:`` line, exit status 2) that says where
-    it goes.
-    """
-    options = {s for action in parser._actions for s in action.option_strings}
-    for item in args.opts:
-        name = item.split("=", 1)[0]
-        # argparse also accepts an unambiguous prefix of a long option (--res for --resume).
-        abbreviated = name.startswith("--") and len(name) > 2 and any(o.startswith(name) for o in options)
-        if name in options or abbreviated:
-            parser.error(f"option {item} is written after the config overrides (KEY VALUE ...), which take "
-                         f"the rest of the command line: move it (with its value, if it takes one) before "
-                         f"the first override, {args.opts[0]}")
 
 
 def load_config(config_file: str, opts=()):

@@ -3,7 +3,6 @@ import json
 import logging
 import math
 import os
-from collections import OrderedDict
 from typing import Mapping
 
 import numpy as np

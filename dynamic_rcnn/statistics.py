@@ -4,7 +4,7 @@ the two per-iteration statistics, and the rule that turns a window of them into 
 threshold and a new SmoothL1 beta.
 """
 import statistics as _stats
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.modeling.box_regression import Box2BoxTransform

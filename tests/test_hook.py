@@ -212,7 +212,6 @@ def test_resume_from_a_checkpoint_without_dynamic_state_says_so(tmp_path, caplog
 
 def test_update_lines_reach_a_log_set_up_for_detectron2_only(tmp_path):
     """default_setup sets up detectron2's logger only; the update lines must not be lost."""
-    import logging
     import subprocess
     import sys
 

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from dynamic_rcnn.plot import main, plot_dynamics, read_metrics, read_update_period, update_steps
 

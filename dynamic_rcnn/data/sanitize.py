@@ -4,7 +4,7 @@ import math
 import numbers
 import os
 from collections import Counter
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.structures import BoxMode
 from PIL import Image
