@@ -214,31 +214,71 @@ def trajectory_table(rows, points=6):
     return "\n".join(lines)
 
 
+def _mean_curve(curves):
+    """The mean of several runs' ``[(iteration, value)]`` at the iterations they all logged."""
+    common = sorted(set.intersection(*(set(dict(c)) for c in curves)))
+    values = [dict(c) for c in curves]
+    return [(it, statistics.fmean(v[it] for v in values)) for it in common]
+
+
+def positives_table(rows, points=6):
+    """Foreground samples an image (detectron2's roi_head/num_fg_samples), mean over seeds, at ``points`` iterations."""
+    lines = []
+    for dataset in dict.fromkeys(d for (d, _, _), _ in rows):
+        by_variant = {}
+        for (d, v, _), r in rows:
+            if d == dataset and "num_fg" in r["curves"]:
+                by_variant.setdefault(v, []).append(r["curves"]["num_fg"])
+        if not by_variant:
+            continue
+        means = {v: _mean_curve(c) for v, c in by_variant.items()}
+        its = [it for it, _ in next(iter(means.values()))]
+        picks = sorted({its[round(i * (len(its) - 1) / (points - 1))] for i in range(points)})
+        lines += [f"**{dataset}**: positives an image (foreground samples the box head trains on), mean over seeds", "",
+                  "| variant | seeds | " + " | ".join(str(it + 1) for it in picks) + " | mean over the run |",
+                  "|" + "---|" * (len(picks) + 3)]
+        for variant, curve in means.items():
+            c = dict(curve)
+            lines.append(f"| {variant} | {len(by_variant[variant])} | " + " | ".join(fmt(c.get(it)) for it in picks)
+                         + f" | {fmt(statistics.fmean(c.values()))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot_trajectories(rows, out_dir):
-    """``out_dir/trajectories_DATASET.png``: IoU threshold and beta of every run that logged them."""
+    """
+    ``out_dir/trajectories_DATASET.png``: per variant, the IoU threshold, beta and positives an
+    image during training (the mean over seeds, bold, and each seed, thin).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = (("iou_threshold", "IoU threshold"), ("beta", "SmoothL1 beta"), ("num_fg", "positives / image"))
     written = []
     for dataset in dict.fromkeys(d for (d, _, _), _ in rows):
-        runs = [(v, s, r["curves"]) for (d, v, s), r in rows if d == dataset and r["curves"]]
+        runs = [(v, r["curves"]) for (d, v, _), r in rows if d == dataset and r["curves"]]
         if not runs:
             continue
-        fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-        colors = {v: f"C{i}" for i, v in enumerate(dict.fromkeys(v for v, _, _ in runs))}
-        seeds = sorted({s for _, s, _ in runs})
-        for variant, seed, curves in runs:
-            for ax, key in zip(axes, ("iou_threshold", "beta")):
-                if key in curves:
-                    ax.plot(*zip(*curves[key]), label=f"{variant} seed {seed}", color=colors[variant],
-                            linestyle=["-", "--", ":", "-."][seeds.index(seed) % 4])
-        axes[0].set_ylabel("IoU threshold")
-        axes[1].set_ylabel("SmoothL1 beta")
-        axes[1].set_xlabel("iteration")
-        axes[0].legend(fontsize=8)
-        axes[0].set_title(f"{dataset}: Dynamic R-CNN's IoU threshold and beta during training")
+        fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+        variants = list(dict.fromkeys(v for v, _ in runs))
+        for i, variant in enumerate(variants):
+            color = f"C{i % 10}"
+            for ax, (key, _) in zip(axes, panels):
+                curves = [c[key] for v, c in runs if v == variant and key in c]
+                if not curves:
+                    continue
+                for c in curves:
+                    ax.plot(*zip(*c), color=color, linewidth=0.5, alpha=0.4)
+                ax.plot(*zip(*_mean_curve(curves)), color=color, linewidth=2,
+                        label=f"{variant} ({len(curves)} seeds)")
+        for ax, (_, label) in zip(axes, panels):
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[-1].set_xlabel("iteration")
+        axes[-1].legend(fontsize=7, ncol=2)
+        axes[0].set_title(f"{dataset}: IoU threshold, beta and positives an image during training")
         path = os.path.join(out_dir, f"trajectories_{dataset}.png")
         fig.tight_layout()
         fig.savefig(path, dpi=90)
@@ -327,7 +367,7 @@ def main(argv=None):
                 if read_run(run_dir(args.out, *k)) is None]
         run_all(todo, args.jobs, args.threads)
     rows = [(k, r) for k in keys if (r := read_run(run_dir(args.out, *k))) is not None]
-    text = table(rows) + "\n\n" + paired_table(rows) + "\n" + trajectory_table(rows)
+    text = table(rows) + "\n\n" + paired_table(rows) + "\n" + positives_table(rows) + "\n" + trajectory_table(rows)
     print(text)
     if args.plot_dir:
         os.makedirs(args.plot_dir, exist_ok=True)
