@@ -88,3 +88,19 @@ def test_count_ops_counts_what_the_dynamic_head_adds():
     guarded = overhead.count_ops(argparse.Namespace(**{**vars(base), "opts": [
         "MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU", 0.5, "MODEL.DYNAMIC_RCNN.WARMUP_IOU", 0.6]}))
     assert guarded["dynamic"] > counts["dynamic"]  # the guard works while T > 0.5: its operations show
+
+
+def test_positives_table_is_the_mean_over_seeds(tmp_path):
+    accuracy = load()
+    rows = []
+    for seed, fg in ((0, 10.0), (1, 20.0)):
+        path = accuracy.run_dir(str(tmp_path), "bccd", "baseline_authors", seed)
+        fake_run(path, 30.0, 0.6)
+        with open(os.path.join(path, "metrics.json"), "w") as f:
+            for it in (19, 39):
+                f.write(json.dumps({"iteration": it, "roi_head/num_fg_samples": fg + it}) + "\n")
+        rows.append((("bccd", "baseline_authors", seed), accuracy.read_run(path)))
+    assert rows[0][1]["num_fg"] == 39.0  # the run's mean: (29 + 49) / 2
+    text = accuracy.positives_table(rows, points=2)
+    assert "| variant | seeds | 20 | 40 | mean over the run |" in text
+    assert "| baseline_authors | 2 | 34.0 | 54.0 | 44.0 |" in text
