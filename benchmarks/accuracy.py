@@ -150,6 +150,28 @@ def table(rows):
     return "\n".join(lines)
 
 
+def seed_table(rows):
+    """
+    One row per (dataset, variant): the AP of each seed, then the means of AP, AP50, AP70, AP90 and
+    of the positives an image (the short table of BENCHMARKS.md; ``table`` has every column of every run).
+    """
+    seeds = sorted(dict.fromkeys(s for (_, _, s), _ in rows))
+    groups = {}
+    for (dataset, variant, seed), r in rows:
+        groups.setdefault((dataset, variant), {})[seed] = r
+    lines = ["| dataset | variant | " + " | ".join(f"AP seed {s}" for s in seeds)
+             + " | **AP** | AP50 | AP70 | AP90 | positives / image |", "|" + "---|" * (len(seeds) + 7)]
+    for (dataset, variant), by_seed in groups.items():
+        rs = list(by_seed.values())
+        mean = {c: statistics.fmean(r[c] for r in rs) for c in ("AP", "AP50", "AP70", "AP90")}
+        fgs = [r["num_fg"] for r in rs if r.get("num_fg") is not None]
+        lines.append(f"| {dataset} | {variant} | "
+                     + " | ".join(fmt(by_seed[s]["AP"]) if s in by_seed else "-" for s in seeds)
+                     + f" | **{fmt(mean['AP'])}** | {fmt(mean['AP50'])} | {fmt(mean['AP70'])} | {fmt(mean['AP90'])}"
+                     + f" | {fmt(statistics.fmean(fgs)) if fgs else '-'} |")
+    return "\n".join(lines)
+
+
 def paired_differences(rows, reference=REFERENCE):
     """
     ``{(dataset, variant): {column: (mean, standard error, n)}}``: for every variant, the
@@ -367,7 +389,7 @@ def main(argv=None):
                 if read_run(run_dir(args.out, *k)) is None]
         run_all(todo, args.jobs, args.threads)
     rows = [(k, r) for k in keys if (r := read_run(run_dir(args.out, *k))) is not None]
-    text = table(rows) + "\n\n" + paired_table(rows) + "\n" + positives_table(rows) + "\n" + trajectory_table(rows)
+    text = seed_table(rows) + "\n\n" + table(rows) + "\n\n" + paired_table(rows) + "\n" + positives_table(rows) + "\n" + trajectory_table(rows)
     print(text)
     if args.plot_dir:
         os.makedirs(args.plot_dir, exist_ok=True)

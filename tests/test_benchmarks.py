@@ -104,3 +104,16 @@ def test_positives_table_is_the_mean_over_seeds(tmp_path):
     text = accuracy.positives_table(rows, points=2)
     assert "| variant | seeds | 20 | 40 | mean over the run |" in text
     assert "| baseline_authors | 2 | 34.0 | 54.0 | 44.0 |" in text
+
+
+def test_seed_table_has_each_seeds_ap_and_marks_missing_seeds(tmp_path):
+    accuracy = load()
+    rows = []
+    for variant, seed, ap in (("dynamic", 0, 30.0), ("dynamic", 1, 40.0), ("baseline_authors", 1, 20.0)):
+        path = accuracy.run_dir(str(tmp_path), "shapes", variant, seed)
+        fake_run(path, ap, 0.6)
+        rows.append((("shapes", variant, seed), accuracy.read_run(path)))
+    text = accuracy.seed_table(rows)
+    assert "| dataset | variant | AP seed 0 | AP seed 1 | **AP** |" in text
+    assert "| shapes | dynamic | 30.0 | 40.0 | **35.0** | 35.0 | 35.0 | 35.0 | - |" in text
+    assert "| shapes | baseline_authors | - | 20.0 | **20.0** |" in text
