@@ -8,7 +8,8 @@ data for every variant (``VARIANTS`` below lists them; ``--list`` prints them wi
 - ``dynamic``: the paper's rule; ``dla_only``, ``dsl_only``; the K_I / K_E sweep ``dynamic_ki*``,
   ``dynamic_ke*``; ``dynamic_no_gt_stats`` (``STATS_INCLUDE_GT: False``);
 - ``scaled``, ``scaled_no_gt``, ``object``: the statistics of ``docs/STATISTICS.md``;
-  ``dynamic_guard``: the positives guard (``MIN_POSITIVES_IOU: 0.5``).
+  ``dynamic_guard``: the positives guard (``MIN_POSITIVES_IOU: 0.5``); ``*_floor50``: a variant above with
+  ``WARMUP_IOU: 0.5``, a threshold never below the baseline's.
 
     python benchmarks/accuracy.py --datasets shapes bccd --seeds 0 1 2 3 --jobs 2 --threads 1 [--variants ...]
     python benchmarks/accuracy.py --schedule 4 ...        # 4x the configs' iterations (a GPU's job)
@@ -75,6 +76,8 @@ VARIANTS = {
     # the threshold never goes below the baseline's, and rises where the proposals allow.
     "scaled_no_gt_floor50": PAPER + [_D + "STATISTIC", "scaled"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
     "object_floor50": PAPER + [_D + "STATISTIC", "object"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
+    # The paper's rule over the RPN's proposals with the same floor.
+    "dynamic_no_gt_floor50": PAPER + NO_GT + [_D + "WARMUP_IOU", "0.5"],
 }
 REFERENCE = "baseline_authors"
 # Two-sided 95 % Student t quantiles by degrees of freedom, for the paired differences.
