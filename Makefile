@@ -1,7 +1,7 @@
 # One command to set up and test, one to set up and run the main job, on a fresh machine.
 #   make test                  create/complete .venv, run the test suite
 #   make demo                  create/complete .venv, train Dynamic R-CNN on `shapes`, evaluate
-#   make releases              train, publish and verify the MODEL_ZOO.md checkpoints (~20 min on 2 CPU cores)
+#   make releases              train, publish and verify the MODEL_ZOO.md checkpoints (~6 min on 2 CPU cores)
 #   make test VENV=/path/env   use (and complete) an environment you already have
 VENV ?= .venv
 PY := $(VENV)/bin/python

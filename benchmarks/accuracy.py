@@ -76,8 +76,8 @@ VARIANTS = {
     # the threshold never goes below the baseline's, and rises where the proposals allow.
     "scaled_no_gt_floor50": PAPER + [_D + "STATISTIC", "scaled"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
     "object_floor50": PAPER + [_D + "STATISTIC", "object"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
-    # The paper's rule over the RPN's proposals with the same floor.
-    "dynamic_no_gt_floor50": PAPER + NO_GT + [_D + "WARMUP_IOU", "0.5"],
+    # The paper's rule over the RPN's proposals with K_E 20 (the sweep's best K_E on shapes).
+    "dynamic_no_gt_ke20": PAPER + NO_GT + [_D + "BETA_TOPK", "20"],
 }
 REFERENCE = "baseline_authors"
 # Two-sided 95 % Student t quantiles by degrees of freedom, for the paired differences.
@@ -289,7 +289,7 @@ def plot_trajectories(rows, out_dir):
         fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
         variants = list(dict.fromkeys(v for v, _ in runs))
         for i, variant in enumerate(variants):
-            color = f"C{i % 10}"
+            color = plt.cm.tab20(i % 20) if len(variants) > 10 else f"C{i}"
             for ax, (key, _) in zip(axes, panels):
                 curves = [c[key] for v, c in runs if v == variant and key in c]
                 if not curves:

@@ -76,7 +76,7 @@ def test_missing_section_says_what_to_call():
 
 
 def test_object_statistic_needs_the_rpn_proposals_only():
-    cfg = tiny_cfg("MODEL.DYNAMIC_RCNN.STATISTIC", "object")
+    cfg = tiny_cfg("MODEL.DYNAMIC_RCNN.STATISTIC", "object", "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", True)
     with pytest.raises(ValueError, match="STATS_INCLUDE_GT = True is invalid: STATISTIC 'object'.*set MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False"):
         validate_dynamic_rcnn_config(cfg)
     cfg.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = False

@@ -273,7 +273,7 @@ def test_head_builds_the_guard_with_the_samplers_quota():
 
 def test_a_degenerate_ground_truth_box_never_puts_a_nan_into_the_window():
     """A custom mapper may keep a zero-width box: its error is 0 / 0, which must not reach the window."""
-    head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True,
+    head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True, "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", True,
                                "MODEL.DYNAMIC_RCNN.IOU_TOPK", 1, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 10))
     # K_E 10 > the 5 values: the k-th smallest is the largest, the appended box's NaN.
     feats = roi_features(head_cfg(), SIZE, batch=1)
