@@ -1,11 +1,14 @@
 """Tiny configs, models and inputs shared by the tests: small enough for 2 CPU cores."""
+import importlib.util
 import os
 import tempfile
 
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from dynamic_rcnn import add_dynamic_rcnn_config
@@ -59,6 +62,23 @@ def tiny_cfg(*opts):
     cfg.merge_from_file(SHAPES_BASE)
     cfg.merge_from_list(list(TINY_OPTS) + list(opts))
     return cfg
+
+
+def load_module(path):
+    """A script of the project (``tools/run_demo.py``, ``benchmarks/accuracy.py``...) imported from its path."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_tiny_checkpoint(out_dir):
+    """The tiny model with seeded random weights, saved as ``out_dir/tiny.pth``: (model, path)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    DetectionCheckpointer(model, save_dir=str(out_dir)).save("tiny")
+    return model, os.path.join(str(out_dir), "tiny.pth")
 
 
 def roi_input_shape(cfg):

@@ -1,17 +1,13 @@
 """The accuracy benchmark's bookkeeping: which runs are complete, and the table with means."""
 import argparse
-import importlib.util
 import json
 import os
 
-from conftest import ROOT
+from conftest import load_module
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("accuracy", os.path.join(ROOT, "benchmarks", "accuracy.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmarks/accuracy.py")
 
 
 def fake_run(path, ap, threshold):
@@ -58,9 +54,7 @@ def test_trajectory_table_spreads_its_columns_over_the_run(tmp_path):
 
 
 def test_overhead_alternates_the_first_head_and_times_both():
-    spec = importlib.util.spec_from_file_location("overhead", os.path.join(ROOT, "benchmarks", "overhead.py"))
-    overhead = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(overhead)
+    overhead = load_module("benchmarks/overhead.py")
     order = []
     original_step = overhead.Runner.step
 
@@ -78,9 +72,7 @@ def test_overhead_alternates_the_first_head_and_times_both():
 
 
 def test_count_ops_counts_what_the_dynamic_head_adds():
-    spec = importlib.util.spec_from_file_location("overhead", os.path.join(ROOT, "benchmarks", "overhead.py"))
-    overhead = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(overhead)
+    overhead = load_module("benchmarks/overhead.py")
     base = argparse.Namespace(preset="tiny", device="cpu", period=5, warmup=0, opts=[])
     counts = overhead.count_ops(base)
     # The statistics cost operations; the standard head makes none of them.

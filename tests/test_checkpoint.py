@@ -10,17 +10,13 @@ from detectron2.modeling import build_model
 
 from dynamic_rcnn.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 
-from conftest import tiny_cfg
+from conftest import save_tiny_checkpoint, tiny_cfg
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A tiny model and the checkpoint it was saved to."""
-    out = tmp_path_factory.mktemp("saved")
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg())
-    DetectionCheckpointer(model, save_dir=str(out)).save("tiny")
-    return model, str(out / "tiny.pth")
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("saved"))
 
 
 @pytest.mark.parametrize("kind, said", [

@@ -1,34 +1,25 @@
 """demo.py and train_net.py --eval-only on a tiny model checkpoint."""
-import importlib.util
 import os
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import ROOT, TINY_OPTS, tiny_cfg
+from conftest import ROOT, TINY_OPTS, load_module, save_tiny_checkpoint, tiny_cfg
 
 CONFIG = os.path.join(ROOT, "configs", "shapes", "dynamic_rcnn_R_18_FPN_shapes.yaml")
 OPTS = [str(o) for o in TINY_OPTS] + ["DATASETS.TEST", "('shapes_tiny_train',)"]
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(f"{name}.py")
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    out = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg())
-    DetectionCheckpointer(model, save_dir=str(out)).save("tiny")
-    return str(out / "tiny.pth")
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("weights"))[1]
 
 
 @pytest.fixture
@@ -91,9 +82,7 @@ def test_eval_only_returns_the_ap_table(weights, tmp_path):
 @pytest.mark.slow
 def test_main_job_leaves_model_metrics_plots_and_drawings(tmp_path, capsys):
     """tools/run_demo.py (`make demo`) on the tiny model: every promised file, and the summary."""
-    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(ROOT, "tools", "run_demo.py"))
-    run_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_demo)
+    run_demo = load_module("tools/run_demo.py")
     out = tmp_path / "demo"
     assert run_demo.main(["--num-images", "2", *OPTS, "SOLVER.MAX_ITER", "6",
                           "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", "3", "OUTPUT_DIR", str(out)]) == 0

@@ -1,5 +1,4 @@
 """tools/publish_model.py: a release that plain detectron2 loads, runs and exports without dynamic_rcnn."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from detectron2.modeling import build_model
 
 from dynamic_rcnn.data import generate_shapes_image
 
-from conftest import ROOT, tiny_cfg
+from conftest import load_module, tiny_cfg
 
 # Runs in a process that never imports dynamic_rcnn: detectron2 alone builds the released model from
 # NAME.inference.yaml and predicts (DefaultPredictor, build_model + DetectionCheckpointer), traces
@@ -70,10 +69,7 @@ print(json.dumps(out))
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(f"tools/{name}.py")
 
 
 @pytest.fixture(scope="module")
