@@ -140,17 +140,30 @@ def table(rows):
         lines.append(f"| {dataset} | {variant} | {seed} | " + " | ".join(fmt(r[c]) for c in COLUMNS)
                      + f" | {fmt(r.get('iou_threshold'), 3)} | {fmt(r.get('beta'), 3)} | {fmt(r.get('num_fg'))}"
                      + f" | {fmt(r['wall_min'])} |")
-    groups = {}
-    for (dataset, variant, _), r in rows:
-        groups.setdefault((dataset, variant), []).append(r)
-    for (dataset, variant), rs in groups.items():
-        if len(rs) > 1:
-            mean = {c: statistics.fmean(r[c] for r in rs) for c in COLUMNS}
-            fgs = [r["num_fg"] for r in rs if r.get("num_fg") is not None]
-            lines.append(f"| {dataset} | **{variant} mean** | {len(rs)} runs | "
+    for (dataset, variant), (by_seed, mean) in variant_means(rows).items():
+        if len(by_seed) > 1:
+            lines.append(f"| {dataset} | **{variant} mean** | {len(by_seed)} runs | "
                          + " | ".join(f"**{fmt(mean[c])}**" for c in COLUMNS)
-                         + f" | | | {fmt(statistics.fmean(fgs)) if fgs else '-'} | |")
+                         + f" | | | {fmt(mean['num_fg'])} | |")
     return "\n".join(lines)
+
+
+def variant_means(rows):
+    """
+    ``{(dataset, variant): ({seed: run}, means)}``: the means over the seeds of every AP column and
+    of the positives an image (None where no run logged them).
+    """
+    groups = {}
+    for (dataset, variant, seed), r in rows:
+        groups.setdefault((dataset, variant), {})[seed] = r
+    out = {}
+    for key, by_seed in groups.items():
+        rs = list(by_seed.values())
+        mean = {c: statistics.fmean(r[c] for r in rs) for c in COLUMNS}
+        fgs = [r["num_fg"] for r in rs if r.get("num_fg") is not None]
+        mean["num_fg"] = statistics.fmean(fgs) if fgs else None
+        out[key] = (by_seed, mean)
+    return out
 
 
 def seed_table(rows):
@@ -159,19 +172,13 @@ def seed_table(rows):
     of the positives an image (the short table of BENCHMARKS.md; ``table`` has every column of every run).
     """
     seeds = sorted(dict.fromkeys(s for (_, _, s), _ in rows))
-    groups = {}
-    for (dataset, variant, seed), r in rows:
-        groups.setdefault((dataset, variant), {})[seed] = r
     lines = ["| dataset | variant | " + " | ".join(f"AP seed {s}" for s in seeds)
              + " | **AP** | AP50 | AP70 | AP90 | positives / image |", "|" + "---|" * (len(seeds) + 7)]
-    for (dataset, variant), by_seed in groups.items():
-        rs = list(by_seed.values())
-        mean = {c: statistics.fmean(r[c] for r in rs) for c in ("AP", "AP50", "AP70", "AP90")}
-        fgs = [r["num_fg"] for r in rs if r.get("num_fg") is not None]
+    for (dataset, variant), (by_seed, mean) in variant_means(rows).items():
         lines.append(f"| {dataset} | {variant} | "
                      + " | ".join(fmt(by_seed[s]["AP"]) if s in by_seed else "-" for s in seeds)
                      + f" | **{fmt(mean['AP'])}** | {fmt(mean['AP50'])} | {fmt(mean['AP70'])} | {fmt(mean['AP90'])}"
-                     + f" | {fmt(statistics.fmean(fgs)) if fgs else '-'} |")
+                     + f" | {fmt(mean['num_fg'])} |")
     return "\n".join(lines)
 
 
