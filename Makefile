@@ -5,6 +5,11 @@
 #   make test VENV=/path/env   use (and complete) an environment you already have
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Tests, benchmarks and releases find BCCD through the project's dataset variable
+# ($$DYNAMIC_RCNN_DATASETS/BCCD); in the project's workspace a copy lives beside the checkout.
+ifneq ($(wildcard ../shared/data/BCCD/Annotations),)
+export DYNAMIC_RCNN_DATASETS ?= $(abspath ../shared/data)
+endif
 PYTEST_ARGS ?=
 
 .PHONY: env test test-fast demo releases clean
@@ -27,8 +32,8 @@ RELEASES := shapes/dynamic_rcnn_R_18_FPN_shapes bccd/dynamic_rcnn_R_18_FPN_bccd
 releases: env
 	@set -e; for spec in $(RELEASES); do \
 		name=$$(basename $$spec); run=output/release/$$name; \
-		if [ ! -f $$run/train_summary.json ]; then \
-			$(PY) train_net.py --config-file configs/$$spec.yaml SEED 0 OUTPUT_DIR $$run; fi; \
+		if [ ! -f $$run/run_summary.json ]; then \
+			$(PY) tools/run_summary.py $$run -- $(PY) train_net.py --config-file configs/$$spec.yaml SEED 0 OUTPUT_DIR $$run; fi; \
 		$(PY) tools/publish_model.py $$run --name $$name --verify; \
 	done
 

@@ -142,6 +142,7 @@ def main(argv=None):
 
     from dynamic_rcnn.checkpoint import CheckpointError, load_model_weights
     from dynamic_rcnn.config import load_config
+    from dynamic_rcnn.deform_conv import deformable_fallback
 
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
@@ -160,7 +161,8 @@ def main(argv=None):
     # architecture): build it without weights and load them strictly.
     cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
-    predictor = DefaultPredictor(cfg)
+    with deformable_fallback(cfg):
+        predictor = DefaultPredictor(cfg)
     try:
         load_model_weights(predictor.model, weights)
     except CheckpointError as e:  # a truncated, foreign or mismatched file: say which and why

@@ -28,7 +28,6 @@ from detectron2.engine import (  # noqa: E402
     default_writers,
     hooks,
 )
-from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import CommonMetricPrinter  # noqa: E402
@@ -39,6 +38,7 @@ from dynamic_rcnn.checkpoint import load_checkpoint, load_model_weights  # noqa:
 from dynamic_rcnn.cli import check_overrides, launch_checked  # noqa: E402
 from dynamic_rcnn.data import check_datasets  # noqa: E402
 from dynamic_rcnn.hook import find_tracker  # noqa: E402
+from dynamic_rcnn.trainer import create_ddp_model  # noqa: E402  (CPU processes too)
 
 logger = logging.getLogger("dynamic_rcnn.lazy_train_net")
 
@@ -71,10 +71,7 @@ def do_train(args, cfg):
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    ddp = dict(cfg.train.ddp)
-    if torch.device(cfg.train.device).type == "cpu":
-        ddp["device_ids"] = None  # detectron2 would pass [local_rank], which DDP refuses for a CPU model
-    model = create_ddp_model(model, **ddp)
+    model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(

@@ -1,161 +1,239 @@
 #!/usr/bin/env python
 """
-Accuracy of Dynamic R-CNN variants against the authors' baseline, with the same schedule, seeds and
-data for every variant (``VARIANTS`` below lists them; ``--list`` prints them with their overrides):
+Accuracy of Dynamic R-CNN settings against detectron2's stock Faster R-CNN (and the authors' baseline),
+with the same data, schedule and seeds for every variant (``--list`` prints them with their overrides):
 
-- ``baseline_authors``: StandardROIHeads, IoU 0.5, SmoothL1 beta 1.0, the same RPN (NMS 0.85);
-  ``baseline_d2``: detectron2's stock Faster R-CNN head (L1 box loss, RPN NMS 0.7);
-- ``dynamic``: the paper's rule; ``dla_only``, ``dsl_only``; the K_I / K_E sweep ``dynamic_ki*``,
-  ``dynamic_ke*``; ``dynamic_no_gt_stats`` (``STATS_INCLUDE_GT: False``);
-- ``scaled``, ``scaled_no_gt``, ``object``: the statistics of ``docs/STATISTICS.md``;
-  ``dynamic_guard``: the positives guard (``MIN_POSITIVES_IOU: 0.5``); ``*_floor50``: a variant above with
-  ``WARMUP_IOU: 0.5``, a threshold never below the baseline's.
+    python benchmarks/accuracy.py --datasets shapes bccd --seeds 0 1 2 3 --variants baseline_d2 dynamic_no_gt_ke20 --jobs 2 --threads 1
+    python benchmarks/accuracy.py --schedule 3 ...     # 3x the configs' iterations (steps scaled alike)
+    python benchmarks/accuracy.py --report --datasets shapes --variants ... --seeds ... [--plot-dir docs]
 
-    python benchmarks/accuracy.py --datasets shapes bccd --seeds 0 1 2 3 --jobs 2 --threads 1 [--variants ...]
-    python benchmarks/accuracy.py --schedule 4 ...        # 4x the configs' iterations (a GPU's job)
+Runs that survive a session's end: each run is ``train_net.py`` in its own process, trained in
+``output/benchmarks/DATASET/VARIANT[_xN]/seedS``; when it ends, its numbers (every AP column, the
+final IoU threshold and beta, positives an image, the curves, wall time, peak memory, threads,
+commit, command) are written to ``benchmarks/results/accuracy/DATASET/VARIANT[_xN]/seedS.json`` and
+its checkpoints deleted. A run whose file exists is not run again; a run cut off before its file is
+written is started again from scratch, never half-counted. The report (``--report``, and the end of
+every call) is made from those files only: per-seed AP, means, paired differences to ``--reference``
+(same seeds) with standard errors and 95 % intervals, positives, trajectories; ``--plot-dir`` draws
+the paired differences (``paired_DATASET.png``... one picture) and the trajectories.
 
-Each run is ``train_net.py`` in its own process, written to ``--out/DATASET/VARIANT/seedN``; a run
-whose ``train_summary.json`` and AP table exist is not run again, so the matrix can be completed over
-several sittings. ``--jobs`` runs that many at a time, each with ``--threads`` CPU threads (the
-thread count changes the floating-point sums, hence the trajectory: compare runs made with the same
-count; each run's count is kept in its ``run_env.json``).
-
-Prints (and writes to ``--out/accuracy.md``): one row per run (AP, AP50-AP90, final IoU threshold and
-beta, mean positives an image, wall time), the mean of each (dataset, variant); for each variant the
-paired differences to ``baseline_authors`` (same seeds) with their standard error and 95 % interval;
-then the IoU threshold and beta of every run at six iterations. ``--plot-dir DIR`` draws them
-(``trajectories_DATASET.png``).
+``--jobs`` runs that many at a time, each with ``--threads`` CPU threads (the thread count changes
+the floating-point sums, hence the trajectory: compare runs made with the same count; each record
+keeps its own). Set ``DYNAMIC_RCNN_DATASETS`` to the folder holding ``BCCD/`` for the BCCD runs.
 """
 import argparse
 import glob
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "accuracy")
+RUNS = os.path.join(ROOT, "output", "benchmarks")
 COLUMNS = ["AP", "AP50", "AP60", "AP70", "AP80", "AP90"]
+KEPT = COLUMNS + ["APs", "APm", "APl"]
 
-# dataset: (config, overrides). BCCD is evaluated on val + test pooled (159 images instead of 72):
-# fewer AP points of evaluation noise; nothing is tuned on either split.
-DATASETS = {
-    "shapes": ("configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml", []),
-    "bccd": ("configs/bccd/dynamic_rcnn_R_18_FPN_bccd.yaml", ["DATASETS.TEST", "('bccd_valtest',)"]),
+# dataset -> the configs a variant starts from: Dynamic R-CNN, detectron2's stock head, the authors' baseline.
+CONFIGS = {
+    data: {
+        "dynamic": f"configs/{data}/dynamic_rcnn_R_18_FPN_{data}.yaml",
+        "stock": f"configs/{data}/faster_rcnn_R_18_FPN_{data}.yaml",
+        "authors": f"configs/{data}/faster_rcnn_R_18_FPN_{data}_authors.yaml",
+    }
+    for data in ("shapes", "bccd")
 }
-# Every Dynamic R-CNN variant states all its keys, so that it means the same whatever the configs'
-# defaults become: PAPER is the paper's rule with the top-k values the shapes / BCCD configs had
-# when this benchmark was made (K_I 20 for 300 proposals, K_E 10).
+# Every Dynamic R-CNN variant states all its keys, so that it means the same whatever the configs
+# become: PAPER is the paper's rule (appended ground truth counted, K_E 10) with K_I sized to the 300
+# proposals of these configs (20), in the authors' recipe (RPN NMS 0.85).
 _D = "MODEL.DYNAMIC_RCNN."
-PAPER = [_D + "STATISTIC", "image", _D + "STATS_INCLUDE_GT", "True", _D + "IOU_TOPK", "20", _D + "BETA_TOPK", "10",
-         _D + "MIN_POSITIVES_IOU", "0.0", _D + "ENABLE_DLA", "True", _D + "ENABLE_DSL", "True"]
-NO_GT = [_D + "STATS_INCLUDE_GT", "False"]
-COCO_TOPK = [_D + "IOU_TOPK", "75", _D + "BETA_TOPK", "10", _D + "REFERENCE_OBJECTS", "7.0"]
+PAPER = ["MODEL.RPN.NMS_THRESH", "0.85", _D + "STATS_INCLUDE_GT", "True", _D + "IOU_TOPK", "20",
+         _D + "BETA_TOPK", "10", _D + "UPDATE_PERIOD", "20", _D + "WARMUP_IOU", "0.4", _D + "WARMUP_BETA", "1.0",
+         _D + "ENABLE_DLA", "True", _D + "ENABLE_DSL", "True"]
+NO_GT_KE20 = [_D + "STATS_INCLUDE_GT", "False", _D + "BETA_TOPK", "20"]
+NMS70 = ["MODEL.RPN.NMS_THRESH", "0.7"]
+# name -> (the config it starts from, overrides)
 VARIANTS = {
-    "dynamic": PAPER,
-    "dla_only": PAPER + [_D + "ENABLE_DSL", "False"],
-    "dsl_only": PAPER + [_D + "ENABLE_DLA", "False", _D + "WARMUP_IOU", "0.5"],
-    "baseline_authors": ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS", "[0.5]",
-                         "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "1.0"],
-    "baseline_d2": ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS", "[0.5]",
-                    "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "0.0", "MODEL.RPN.NMS_THRESH", "0.7"],
-    "dynamic_no_gt_stats": PAPER + NO_GT,
-    # The paper's rule with other top-k values (the K_I / K_E sweep).
-    "dynamic_ki40": PAPER + [_D + "IOU_TOPK", "40"],
-    "dynamic_ki75": PAPER + [_D + "IOU_TOPK", "75"],
-    "dynamic_ke20": PAPER + [_D + "BETA_TOPK", "20"],
-    # Statistics whose meaning does not change with the number of objects (docs/STATISTICS.md),
-    # with the paper's COCO top-k values for its ~7 objects an image.
-    "scaled": PAPER + [_D + "STATISTIC", "scaled"] + COCO_TOPK,
-    "scaled_no_gt": PAPER + [_D + "STATISTIC", "scaled"] + COCO_TOPK + NO_GT,
-    "object": PAPER + [_D + "STATISTIC", "object"] + COCO_TOPK + NO_GT,
-    # The positives guard: never fewer positives an image than IoU 0.5 gives (up to the quota).
-    "dynamic_guard": PAPER + [_D + "MIN_POSITIVES_IOU", "0.5"],
-    # The statistics above with the warm-up floor at the baseline's 0.5 instead of the paper's 0.4:
-    # the threshold never goes below the baseline's, and rises where the proposals allow.
-    "scaled_no_gt_floor50": PAPER + [_D + "STATISTIC", "scaled"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
-    "object_floor50": PAPER + [_D + "STATISTIC", "object"] + COCO_TOPK + NO_GT + [_D + "WARMUP_IOU", "0.5"],
-    # The paper's rule over the RPN's proposals with K_E 20 (the sweep's best K_E on shapes).
-    "dynamic_no_gt_ke20": PAPER + NO_GT + [_D + "BETA_TOPK", "20"],
+    # detectron2's stock head (IoU 0.5, L1 box loss, RPN NMS 0.7): what a detectron2 user trains.
+    "baseline_d2": ("stock", []),
+    # ... with the authors' RPN NMS 0.85: the NMS's own effect.
+    "baseline_d2_nms85": ("stock", ["MODEL.RPN.NMS_THRESH", "0.85"]),
+    # The authors' baseline: IoU 0.5, SmoothL1 beta 1.0, RPN NMS 0.85.
+    "baseline_authors": ("authors", []),
+    "dynamic": ("dynamic", PAPER),
+    "dla_only": ("dynamic", PAPER + [_D + "ENABLE_DSL", "False"]),
+    "dsl_only": ("dynamic", PAPER + [_D + "ENABLE_DLA", "False", _D + "WARMUP_IOU", "0.5"]),
+    "dynamic_no_gt_stats": ("dynamic", PAPER + [_D + "STATS_INCLUDE_GT", "False"]),
+    "dynamic_ki40": ("dynamic", PAPER + [_D + "IOU_TOPK", "40"]),
+    "dynamic_ki75": ("dynamic", PAPER + [_D + "IOU_TOPK", "75"]),
+    "dynamic_ke20": ("dynamic", PAPER + [_D + "BETA_TOPK", "20"]),
+    # The shapes and BCCD configs' setting: statistics over the RPN's proposals, K_E 20.
+    "dynamic_no_gt_ke20": ("dynamic", PAPER + NO_GT_KE20),
+    # ... with detectron2's RPN NMS 0.7: only the ROI head differs from baseline_d2 (the drop-in setting).
+    "dynamic_no_gt_ke20_nms70": ("dynamic", PAPER + NO_GT_KE20 + NMS70),
+    # Dynamic Label Assignment alone on the stock model: its L1 box loss (beta 0) and NMS 0.7.
+    "dla_l1_nms70": ("dynamic", PAPER + NO_GT_KE20 + NMS70 + [_D + "ENABLE_DSL", "False", _D + "WARMUP_BETA", "0.0"]),
 }
-REFERENCE = "baseline_authors"
+REFERENCE = "baseline_d2"
 # Two-sided 95 % Student t quantiles by degrees of freedom, for the paired differences.
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
+       11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13}
 
 
-def run_dir(out, dataset, variant, seed):
-    return os.path.join(out, dataset, variant, f"seed{seed}")
+def _name(variant, schedule):
+    return variant if schedule == 1 else f"{variant}_x{schedule}"
 
 
-def read_run(path):
-    """
-    The run's AP columns, final IoU threshold / beta, positives per image, wall time and curves;
-    None if it is not complete.
-    """
+def result_file(results, dataset, variant, seed, schedule=1):
+    return os.path.join(results, dataset, _name(variant, schedule), f"seed{seed}.json")
+
+
+def run_dir(runs, dataset, variant, seed, schedule=1):
+    return os.path.join(runs, dataset, _name(variant, schedule), f"seed{seed}")
+
+
+def _commit():
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+uncommitted" if dirty else "")
+
+
+def record_run(path, key, command, threads, wall, peak_rss_mb):
+    """The numbers of the finished run in ``path``, as the result file holds them; None when it is not complete."""
+    from dynamic_rcnn.plot import read_metrics
+
     tables = glob.glob(os.path.join(path, "inference", "*", "ap_table.json"))
-    summary_file = os.path.join(path, "train_summary.json")
-    if not tables or not os.path.isfile(summary_file):
+    metrics = os.path.join(path, "metrics.json")
+    if not tables or not os.path.isfile(metrics):
         return None
     with open(tables[0]) as f:
-        table = json.load(f)
-    test_set, results = next(iter(table.items()))
-    with open(summary_file) as f:
-        summary = json.load(f)
-    final, curves, fg = {}, {}, None
-    metrics = os.path.join(path, "metrics.json")
-    if os.path.isfile(metrics):
-        sys.path.insert(0, ROOT)
-        from dynamic_rcnn.plot import read_metrics
+        test_set, results = next(iter(json.load(f).items()))
+    series = read_metrics(metrics)
+    # The values in force, their statistics and the positives an image (per stage where the head has stages).
+    curves = {k: v for k, v in series.items() if "dynamic_rcnn/" in k or k.endswith("num_fg_samples")}
+    final = {name: curves[f"dynamic_rcnn/{name}"][-1][1] for name in ("iou_threshold", "beta")
+             if f"dynamic_rcnn/{name}" in curves}
+    fg = curves.get("roi_head/num_fg_samples")
+    dataset, variant, seed, schedule = key
+    return {
+        "dataset": dataset, "variant": variant, "seed": seed, "schedule": schedule, "test_set": test_set,
+        **{c: results["bbox"].get(c) for c in KEPT},
+        "iou_threshold": final.get("iou_threshold"), "beta": final.get("beta"),
+        "num_fg": statistics.fmean(v for _, v in fg) if fg else None,
+        "iterations": max(it for values in series.values() for it, _ in values) + 1,
+        "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_rss_mb, 1), "threads": threads,
+        "machine": _machine(), "commit": _commit(), "command": command,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "curves": curves,
+    }
 
-        series = read_metrics(metrics)
-        for key in ("iou_threshold", "beta"):
-            values = series.get(f"dynamic_rcnn/{key}")
-            final[key] = values[-1][1] if values else None
-            if values:
-                curves[key] = values
-        # detectron2 logs the foreground samples an image (median of the last 20 iterations).
-        if series.get("roi_head/num_fg_samples"):
-            curves["num_fg"] = series["roi_head/num_fg_samples"]
-            fg = statistics.fmean(v for _, v in curves["num_fg"])
-    threads = None
-    env_file = os.path.join(path, "run_env.json")
-    if os.path.isfile(env_file):
-        with open(env_file) as f:
-            threads = json.load(f).get("threads")
-    return {**{c: results["bbox"].get(c) for c in COLUMNS}, **final, "num_fg": fg, "test_set": test_set,
-            "wall_min": summary["wall_seconds"] / 60, "iterations": summary["iterations"],
-            "machine": summary["machine"], "threads": threads, "curves": curves}
+
+def _machine():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from run_summary import machine_description
+
+    return machine_description()
+
+
+def _write_json(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # a cut write never leaves a half file under the result's name
+
+
+def run_command(runs, key, opts):
+    dataset, variant, seed, schedule = key
+    kind, overrides = VARIANTS[variant]
+    config = os.path.join(ROOT, CONFIGS[dataset][kind])
+    return [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config, *overrides,
+            "SEED", str(seed), *schedule_opts(config, schedule), *opts, "OUTPUT_DIR", run_dir(runs, *key)]
+
+
+def schedule_opts(config, factor):
+    """Overrides that make the config's schedule ``factor`` times longer (steps scaled alike)."""
+    if factor == 1:
+        return []
+    from dynamic_rcnn.config import load_config
+
+    solver = load_config(config).SOLVER
+    return ["SOLVER.MAX_ITER", str(solver.MAX_ITER * factor), "SOLVER.STEPS", str(tuple(s * factor for s in solver.STEPS)),
+            "SOLVER.CHECKPOINT_PERIOD", str(solver.CHECKPOINT_PERIOD * factor)]
+
+
+def run_all(todo, jobs, threads, results, runs):
+    """Run the (key, command) pairs, ``jobs`` at a time; each one's result file is written when it ends well."""
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    running, failed = [], []
+    todo = list(todo)
+    while todo or running:
+        while todo and len(running) < max(1, jobs):
+            key, cmd = todo.pop(0)
+            path = run_dir(runs, *key)
+            shutil.rmtree(path, ignore_errors=True)  # what a cut-off run left: start from scratch
+            os.makedirs(path)
+            print(f"== {os.path.relpath(path, ROOT)}: {' '.join(cmd[1:])}", flush=True)
+            log = open(os.path.join(path, "stdout.txt"), "w")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            running.append((key, cmd, proc, log, time.perf_counter()))
+        for item in list(running):
+            key, cmd, proc, log, start = item
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            log.close()
+            running.remove(item)
+            path = run_dir(runs, *key)
+            record = None
+            if os.waitstatus_to_exitcode(status) == 0:
+                record = record_run(path, key, [os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:]],
+                                    threads or None, time.perf_counter() - start, usage.ru_maxrss / 1024)
+            if record is None:
+                failed.append(path)
+                print(f"failed ({os.waitstatus_to_exitcode(status)}): {path}/stdout.txt", flush=True)
+                continue
+            _write_json(result_file(results, *key), record)
+            for checkpoint in glob.glob(os.path.join(path, "*.pth")):
+                os.remove(checkpoint)
+            print(f"recorded {os.path.relpath(result_file(results, *key), ROOT)}: AP {record['AP']:.2f}", flush=True)
+        time.sleep(1)
+    if failed:
+        raise RuntimeError(f"{len(failed)} runs failed: {', '.join(failed)}")
+
+
+# ------------------------------------------------------------------ the report, from the result files
+
+
+def read_results(results, keys):
+    rows = []
+    for key in keys:
+        path = result_file(results, *key)
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows.append((key, json.load(f)))
+    return rows
 
 
 def fmt(v, digits=1):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def table(rows):
-    lines = ["| dataset | variant | seed | " + " | ".join(COLUMNS)
-             + " | final IoU thr. | final beta | positives / image | wall min |",
-             "|" + "---|" * (len(COLUMNS) + 7)]
-    for (dataset, variant, seed), r in rows:
-        lines.append(f"| {dataset} | {variant} | {seed} | " + " | ".join(fmt(r[c]) for c in COLUMNS)
-                     + f" | {fmt(r.get('iou_threshold'), 3)} | {fmt(r.get('beta'), 3)} | {fmt(r.get('num_fg'))}"
-                     + f" | {fmt(r['wall_min'])} |")
-    for (dataset, variant), (by_seed, mean) in variant_means(rows).items():
-        if len(by_seed) > 1:
-            lines.append(f"| {dataset} | **{variant} mean** | {len(by_seed)} runs | "
-                         + " | ".join(f"**{fmt(mean[c])}**" for c in COLUMNS)
-                         + f" | | | {fmt(mean['num_fg'])} | |")
-    return "\n".join(lines)
-
-
 def variant_means(rows):
-    """
-    ``{(dataset, variant): ({seed: run}, means)}``: the means over the seeds of every AP column and
-    of the positives an image (None where no run logged them).
-    """
+    """``{(dataset, variant name): ({seed: run}, means)}``: the mean over seeds of every AP column and of the positives."""
     groups = {}
-    for (dataset, variant, seed), r in rows:
-        groups.setdefault((dataset, variant), {})[seed] = r
+    for (dataset, variant, seed, schedule), r in rows:
+        groups.setdefault((dataset, _name(variant, schedule)), {})[seed] = r
     out = {}
     for key, by_seed in groups.items():
         rs = list(by_seed.values())
@@ -166,17 +244,24 @@ def variant_means(rows):
     return out
 
 
+def table(rows):
+    """Every run: its AP columns, final IoU threshold and beta, positives an image, wall time, threads."""
+    lines = ["| dataset | variant | seed | " + " | ".join(COLUMNS) + " | final IoU thr. | final beta | positives / image "
+             "| wall min | threads |", "|" + "---|" * (len(COLUMNS) + 8)]
+    for (dataset, variant, seed, schedule), r in rows:
+        lines.append(f"| {dataset} | {_name(variant, schedule)} | {seed} | " + " | ".join(fmt(r[c]) for c in COLUMNS)
+                     + f" | {fmt(r.get('iou_threshold'), 3)} | {fmt(r.get('beta'), 3)} | {fmt(r.get('num_fg'))}"
+                     + f" | {fmt(r['wall_seconds'] / 60)} | {r.get('threads') or '-'} |")
+    return "\n".join(lines)
+
+
 def seed_table(rows):
-    """
-    One row per (dataset, variant): the AP of each seed, then the means of AP, AP50, AP70, AP90 and
-    of the positives an image (the short table of BENCHMARKS.md; ``table`` has every column of every run).
-    """
-    seeds = sorted(dict.fromkeys(s for (_, _, s), _ in rows))
+    """One row per (dataset, variant): each seed's AP, then the means of AP, AP50, AP70, AP90 and the positives."""
+    seeds = sorted(dict.fromkeys(k[2] for k, _ in rows))
     lines = ["| dataset | variant | " + " | ".join(f"AP seed {s}" for s in seeds)
              + " | **AP** | AP50 | AP70 | AP90 | positives / image |", "|" + "---|" * (len(seeds) + 7)]
     for (dataset, variant), (by_seed, mean) in variant_means(rows).items():
-        lines.append(f"| {dataset} | {variant} | "
-                     + " | ".join(fmt(by_seed[s]["AP"]) if s in by_seed else "-" for s in seeds)
+        lines.append(f"| {dataset} | {variant} | " + " | ".join(fmt(by_seed[s]["AP"]) if s in by_seed else "-" for s in seeds)
                      + f" | **{fmt(mean['AP'])}** | {fmt(mean['AP50'])} | {fmt(mean['AP70'])} | {fmt(mean['AP90'])}"
                      + f" | {fmt(mean['num_fg'])} |")
     return "\n".join(lines)
@@ -184,24 +269,30 @@ def seed_table(rows):
 
 def paired_differences(rows, reference=REFERENCE):
     """
-    ``{(dataset, variant): {column: (mean, standard error, n)}}``: for every variant, the
-    differences ``variant - reference`` over the seeds both have, per AP column.
+    ``{(dataset, variant name): {column: (mean, standard error, n)}}``: every variant minus ``reference``
+    over the seeds both have, at the same schedule, per AP column.
     """
     by_key = {key: r for key, r in rows}
     out = {}
-    for dataset, variant in dict.fromkeys((d, v) for (d, v, _), _ in rows):
+    for dataset, variant, schedule in dict.fromkeys((d, v, x) for (d, v, _, x), _ in rows):
         if variant == reference:
             continue
-        seeds = [s for (d, v, s) in by_key if d == dataset and v == variant and (d, reference, s) in by_key]
+        seeds = sorted(s for (d, v, s, x) in by_key if (d, v, x) == (dataset, variant, schedule)
+                       and (d, reference, s, x) in by_key)
         if not seeds:
             continue
         cols = {}
         for c in COLUMNS:
-            diffs = [by_key[(dataset, variant, s)][c] - by_key[(dataset, reference, s)][c] for s in seeds]
+            diffs = [by_key[(dataset, variant, s, schedule)][c] - by_key[(dataset, reference, s, schedule)][c] for s in seeds]
             se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
             cols[c] = (statistics.fmean(diffs), se, len(diffs))
-        out[(dataset, variant)] = cols
+        out[(dataset, _name(variant, schedule))] = cols
     return out
+
+
+def resolved(mean, se, n):
+    """Whether the 95 % interval (Student t) of a paired difference excludes 0."""
+    return se is not None and se > 0 and abs(mean) > T95.get(n - 1, 1.96) * se
 
 
 def paired_table(rows, reference=REFERENCE):
@@ -209,39 +300,37 @@ def paired_table(rows, reference=REFERENCE):
     diffs = paired_differences(rows, reference)
     if not diffs:
         return ""
-    lines = [f"Paired differences to `{reference}` (same seeds): mean ± standard error, AP points; "
+    lines = [f"Paired differences to `{reference}` (same seeds, same schedule): mean ± standard error, AP points; "
              "**bold**: the 95 % interval (Student t) excludes 0.", "",
              "| dataset | variant | seeds | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 3)]
     for (dataset, variant), cols in diffs.items():
         cells = []
         for c in COLUMNS:
             mean, se, n = cols[c]
-            if se is None:
-                cells.append(f"{mean:+.1f}")
-                continue
-            text = f"{mean:+.1f} ± {se:.1f}"
-            resolved = se > 0 and abs(mean) > T95.get(n - 1, 1.96) * se
-            cells.append(f"**{text}**" if resolved else text)
+            text = f"{mean:+.1f}" if se is None else f"{mean:+.1f} ± {se:.1f}"
+            cells.append(f"**{text}**" if resolved(mean, se, n) else text)
         lines.append(f"| {dataset} | {variant} | {cols['AP'][2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _picks(its, points):
+    return sorted({its[round(i * (len(its) - 1) / (points - 1))] for i in range(points)})
 
 
 def trajectory_table(rows, points=6):
     """IoU threshold / beta of every run that logged them, at ``points`` iterations spread evenly."""
     lines = []
-    for dataset in dict.fromkeys(d for (d, _, _), _ in rows):
-        runs = [(v, s, r["curves"]) for (d, v, s), r in rows if d == dataset and "iou_threshold" in r["curves"]]
+    for dataset in dict.fromkeys(k[0] for k, _ in rows):
+        runs = [(_name(v, x), s, r["curves"]) for (d, v, s, x), r in rows
+                if d == dataset and "dynamic_rcnn/iou_threshold" in r["curves"]]
         if not runs:
             continue
-        its = [it for it, _ in runs[0][2]["iou_threshold"]]
-        picks = sorted({its[round(i * (len(its) - 1) / (points - 1))] for i in range(points)})
+        picks = _picks([it for it, _ in runs[0][2]["dynamic_rcnn/iou_threshold"]], points)
         lines += [f"**{dataset}**: IoU threshold / beta at iteration", "",
-                  "| variant | seed | " + " | ".join(str(it + 1) for it in picks) + " |",
-                  "|" + "---|" * (len(picks) + 2)]
+                  "| variant | seed | " + " | ".join(str(it + 1) for it in picks) + " |", "|" + "---|" * (len(picks) + 2)]
         for variant, seed, curves in runs:
-            t, b = dict(curves["iou_threshold"]), dict(curves.get("beta", []))
-            lines.append(f"| {variant} | {seed} | "
-                         + " | ".join(f"{fmt(t.get(it), 2)} / {fmt(b.get(it), 2)}" for it in picks) + " |")
+            t, b = dict(curves["dynamic_rcnn/iou_threshold"]), dict(curves.get("dynamic_rcnn/beta", []))
+            lines.append(f"| {variant} | {seed} | " + " | ".join(f"{fmt(t.get(it), 2)} / {fmt(b.get(it), 2)}" for it in picks) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -256,16 +345,15 @@ def _mean_curve(curves):
 def positives_table(rows, points=6):
     """Foreground samples an image (detectron2's roi_head/num_fg_samples), mean over seeds, at ``points`` iterations."""
     lines = []
-    for dataset in dict.fromkeys(d for (d, _, _), _ in rows):
+    for dataset in dict.fromkeys(k[0] for k, _ in rows):
         by_variant = {}
-        for (d, v, _), r in rows:
-            if d == dataset and "num_fg" in r["curves"]:
-                by_variant.setdefault(v, []).append(r["curves"]["num_fg"])
+        for (d, v, _, x), r in rows:
+            if d == dataset and "roi_head/num_fg_samples" in r["curves"]:
+                by_variant.setdefault(_name(v, x), []).append(r["curves"]["roi_head/num_fg_samples"])
         if not by_variant:
             continue
         means = {v: _mean_curve(c) for v, c in by_variant.items()}
-        its = [it for it, _ in next(iter(means.values()))]
-        picks = sorted({its[round(i * (len(its) - 1) / (points - 1))] for i in range(points)})
+        picks = _picks([it for it, _ in next(iter(means.values()))], points)
         lines += [f"**{dataset}**: positives an image (foreground samples the box head trains on), mean over seeds", "",
                   "| variant | seeds | " + " | ".join(str(it + 1) for it in picks) + " | mean over the run |",
                   "|" + "---|" * (len(picks) + 3)]
@@ -277,22 +365,72 @@ def positives_table(rows, points=6):
     return "\n".join(lines)
 
 
-def plot_trajectories(rows, out_dir):
-    """
-    ``out_dir/trajectories_DATASET.png``: per variant, the IoU threshold, beta and positives an
-    image during training (the mean over seeds, bold, and each seed, thin).
-    """
+def report(rows, reference=REFERENCE):
+    """Every table, one set per schedule (their iterations differ)."""
+    parts = []
+    for schedule in sorted({k[3] for k, _ in rows}):
+        some = [(k, r) for k, r in rows if k[3] == schedule]
+        parts += [f"### Schedule x{schedule}"] + [part for part in (
+            seed_table(some), paired_table(some, reference), table(some), positives_table(some), trajectory_table(some))
+            if part]
+    return "\n\n".join(parts)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("iou_threshold", "IoU threshold"), ("beta", "SmoothL1 beta"), ("num_fg", "positives / image"))
+    return plt
+
+
+def plot_paired(rows, out_dir, reference=REFERENCE):
+    """
+    ``out_dir/paired_differences.png``: one panel per dataset; for every variant and AP column, the mean
+    paired difference to ``reference`` with its 95 % interval (filled where the interval excludes 0).
+    """
+    diffs = paired_differences(rows, reference)
+    datasets = list(dict.fromkeys(d for d, _ in diffs))
+    if not datasets:
+        return []
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 3.6 * len(datasets)), squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets):
+        variants = [v for d, v in diffs if d == dataset]
+        width = 0.8 / len(variants)
+        for i, variant in enumerate(variants):
+            cols = diffs[(dataset, variant)]
+            xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(COLUMNS))]
+            for x, c in zip(xs, COLUMNS):
+                mean, se, n = cols[c]
+                half = T95.get(n - 1, 1.96) * se if se is not None else 0.0
+                ax.errorbar([x], [mean], yerr=[half], fmt="o", color=f"C{i}", capsize=3,
+                            markerfacecolor=f"C{i}" if resolved(mean, se, n) else "white",
+                            label=f"{variant} ({n} seeds)" if c == COLUMNS[0] else None)
+        ax.axhline(0, color="0.3", linewidth=1)
+        ax.set_xticks(range(len(COLUMNS)), COLUMNS)
+        ax.set_ylabel(f"minus {reference}, AP points")
+        ax.set_title(f"{dataset}: paired difference to {reference}, mean and 95 % interval (filled: excludes 0)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "paired_differences.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [path]
+
+
+def plot_trajectories(rows, out_dir):
+    """``out_dir/trajectories_DATASET.png``: per variant, the IoU threshold, beta and positives an image (mean bold, seeds thin)."""
+    panels = (("dynamic_rcnn/iou_threshold", "IoU threshold"), ("dynamic_rcnn/beta", "SmoothL1 beta"),
+              ("roi_head/num_fg_samples", "positives / image"))
     written = []
-    for dataset in dict.fromkeys(d for (d, _, _), _ in rows):
-        runs = [(v, r["curves"]) for (d, v, _), r in rows if d == dataset and r["curves"]]
+    for dataset in dict.fromkeys(k[0] for k, _ in rows):
+        runs = [(_name(v, x), r["curves"]) for (d, v, _, x), r in rows if d == dataset and r["curves"]]
         if not runs:
             continue
+        plt = _pyplot()
         fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
         variants = list(dict.fromkeys(v for v, _ in runs))
         for i, variant in enumerate(variants):
@@ -303,8 +441,7 @@ def plot_trajectories(rows, out_dir):
                     continue
                 for c in curves:
                     ax.plot(*zip(*c), color=color, linewidth=0.5, alpha=0.4)
-                ax.plot(*zip(*_mean_curve(curves)), color=color, linewidth=2,
-                        label=f"{variant} ({len(curves)} seeds)")
+                ax.plot(*zip(*_mean_curve(curves)), color=color, linewidth=2, label=f"{variant} ({len(curves)} seeds)")
         for ax, (_, label) in zip(axes, panels):
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
@@ -319,95 +456,45 @@ def plot_trajectories(rows, out_dir):
     return written
 
 
-def schedule_opts(dataset, factor):
-    """Overrides that make the dataset config's schedule ``factor`` times longer (steps scaled alike)."""
-    if factor == 1:
-        return []
-    sys.path.insert(0, ROOT)
-    from dynamic_rcnn.config import load_config
-
-    solver = load_config(os.path.join(ROOT, DATASETS[dataset][0])).SOLVER
-    return ["SOLVER.MAX_ITER", str(solver.MAX_ITER * factor),
-            "SOLVER.STEPS", str(tuple(s * factor for s in solver.STEPS)),
-            "SOLVER.CHECKPOINT_PERIOD", str(solver.CHECKPOINT_PERIOD * factor)]
-
-
-def run_command(out, dataset, variant, seed, opts, schedule=1):
-    config, dataset_opts = DATASETS[dataset]
-    return [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, config),
-            *dataset_opts, *VARIANTS[variant], "SEED", str(seed), *schedule_opts(dataset, schedule), *opts,
-            "OUTPUT_DIR", run_dir(out, dataset, variant, seed)]
-
-
-def run_all(todo, jobs, threads):
-    """Run the (path, command) pairs, ``jobs`` at a time; raise after all ended if one failed."""
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    running, failed = [], []
-    todo = list(todo)
-    while todo or running:
-        while todo and len(running) < max(1, jobs):
-            path, cmd = todo.pop(0)
-            print(f"== {os.path.relpath(path)}: {' '.join(cmd[1:])}", flush=True)
-            os.makedirs(path, exist_ok=True)
-            with open(os.path.join(path, "run_env.json"), "w") as f:
-                json.dump({"threads": threads or None, "command": cmd[1:]}, f)
-            log = open(os.path.join(path, "stdout.txt"), "w")
-            running.append((path, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log))
-        for item in list(running):
-            path, proc, log = item
-            if proc.poll() is not None:
-                log.close()
-                running.remove(item)
-                if proc.returncode != 0:
-                    failed.append(path)
-                    print(f"failed ({proc.returncode}): {path}/stdout.txt", flush=True)
-        time.sleep(1)
-    if failed:
-        raise RuntimeError(f"{len(failed)} runs failed: {', '.join(failed)}")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--variants", nargs="+", default=["baseline_authors", "dynamic"], choices=list(VARIANTS))
+    parser.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--variants", nargs="+", default=[REFERENCE, "dynamic_no_gt_ke20"], choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
-    parser.add_argument("--out", default=None, help="default: output/benchmarks/accuracy[_xN]")
+    parser.add_argument("--schedule", nargs="+", type=int, default=[1],
+                        help="train N times the configs' iterations (steps scaled alike); several: each")
+    parser.add_argument("--results", default=RESULTS, help="the result files' folder (default: benchmarks/results/accuracy)")
+    parser.add_argument("--runs", default=RUNS, help="the training folders (default: output/benchmarks)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads a run (0: torch's default)")
-    parser.add_argument("--schedule", type=int, default=1,
-                        help="train N times the configs' iterations (steps scaled alike); default --out gets _xN")
-    parser.add_argument("--report-only", action="store_true", help="print the table of the runs made so far")
+    parser.add_argument("--reference", default=REFERENCE, choices=list(VARIANTS), help="what the paired differences are to")
+    parser.add_argument("--report", action="store_true", help="no run: the report of the recorded results")
+    parser.add_argument("--report-file", help="also write the report there")
     parser.add_argument("--list", action="store_true", help="print the variants and their overrides")
-    parser.add_argument("--plot-dir", help="also draw trajectories_DATASET.png (IoU threshold, beta) here")
+    parser.add_argument("--plot-dir", help="also draw paired_differences.png and trajectories_DATASET.png there")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
     args = parser.parse_args(argv)
-    if args.out is None:
-        suffix = f"_x{args.schedule}" if args.schedule != 1 else ""
-        args.out = os.path.join(ROOT, "output", "benchmarks", "accuracy" + suffix)
     if args.list:
-        for name, opts in VARIANTS.items():
-            print(f"{name}: {' '.join(opts)}")
+        for name, (kind, opts) in VARIANTS.items():
+            print(f"{name}: {kind} config {' '.join(opts)}")
         return 0
 
-    keys = [(d, v, s) for d in args.datasets for v in args.variants for s in args.seeds]
-    if not args.report_only:
+    keys = [(d, v, s, x) for x in args.schedule for d in args.datasets for v in args.variants for s in args.seeds]
+    if not args.report:
         # Seeds outermost: a matrix stopped half-way still has every variant of the first seeds.
-        order = sorted(keys, key=lambda k: (k[2], args.datasets.index(k[0]), args.variants.index(k[1])))
-        todo = [(run_dir(args.out, *k), run_command(args.out, *k, args.opts, args.schedule)) for k in order
-                if read_run(run_dir(args.out, *k)) is None]
-        run_all(todo, args.jobs, args.threads)
-    rows = [(k, r) for k in keys if (r := read_run(run_dir(args.out, *k))) is not None]
-    text = seed_table(rows) + "\n\n" + table(rows) + "\n\n" + paired_table(rows) + "\n" + positives_table(rows) + "\n" + trajectory_table(rows)
+        order = sorted(keys, key=lambda k: (k[3], k[2], args.datasets.index(k[0]), args.variants.index(k[1])))
+        todo = [(k, run_command(args.runs, k, args.opts)) for k in order if not os.path.isfile(result_file(args.results, *k))]
+        run_all(todo, args.jobs, args.threads, args.results, args.runs)
+    rows = read_results(args.results, keys)
+    text = report(rows, args.reference)
     print(text)
+    if args.report_file:
+        with open(args.report_file, "w") as f:
+            f.write(text + "\n")
     if args.plot_dir:
         os.makedirs(args.plot_dir, exist_ok=True)
-        for path in plot_trajectories(rows, args.plot_dir):
+        for path in plot_paired(rows, args.plot_dir, args.reference) + plot_trajectories(rows, args.plot_dir):
             print(f"wrote {path}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "accuracy.md"), "w") as f:
-        f.write(text + "\n")
     return 0
 
 

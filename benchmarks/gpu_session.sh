@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md in one command, on a machine with one NVIDIA GPU:
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS] [SCHEDULE]
+#   bash benchmarks/gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS] [SCHEDULES]
 #
 # 1. the environment (GPU, torch, detectron2) -> OUT_DIR/env.txt
 # 2. the overhead benchmark, the GPU to itself: both presets, and the tiny one's control (the
 #    standard head against itself) -> OUT_DIR/overhead_{tiny,tiny-control,r50-coco}.txt
-# 3. the accuracy matrix (benchmarks/accuracy.py: shapes and BCCD x $VARIANTS x $SEEDS) at SCHEDULE
-#    times the configs' iterations (default 4: does the AP50-AP70 cost of the short schedules fade?),
-#    PARALLEL_RUNS training processes at a time on the one GPU, stopped after ACCURACY_SECONDS; the
-#    runs that finished are in OUT_DIR/accuracy.md and their logs and metrics (no weights) in
-#    OUT_DIR/accuracy_runs.tar.gz. A later call with the same OUT_DIR/runs skips the finished runs.
+# 3. the accuracy matrix (benchmarks/accuracy.py: shapes and BCCD x $VARIANTS x $SEEDS) at each of
+#    the SCHEDULES (default "3 4": times the configs' iterations; does the Dynamic gain grow with
+#    training?), PARALLEL_RUNS training processes at a time on the one GPU, stopped after
+#    ACCURACY_SECONDS. Each run that ends writes its result file into OUT_DIR/results (the layout of
+#    benchmarks/results/accuracy: copy them there to add them to the report); OUT_DIR/accuracy.md is
+#    the report of those that finished. A later call with the same OUT_DIR skips the recorded runs.
 #    PARALLEL_RUNS=0 skips the matrix.
 #
 # Python is $PYTHON (default python3); torch, detectron2 and the packages of setup.cfg must import.
+# DYNAMIC_RCNN_DATASETS must name the folder that holds BCCD/.
 set -uo pipefail
 
-OUT=${1:?usage: gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS]}
+OUT=${1:?usage: gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS] [SCHEDULES]}
 PARALLEL=${2:-10}
 ACC_SECONDS=${3:-1800}
-SCHEDULE=${4:-4}
-VARIANTS=${VARIANTS:-"baseline_authors dynamic dynamic_no_gt_ke20 dynamic_ke20 dynamic_no_gt_stats"}
+SCHEDULES=${4:-"3 4"}
+VARIANTS=${VARIANTS:-"baseline_d2 dynamic_no_gt_ke20 dynamic_no_gt_ke20_nms70"}
 SEEDS=${SEEDS:-"0 1 2 3"}
 PY=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-RUNS=${RUNS_DIR:-$OUT/runs}
-mkdir -p "$OUT" "$RUNS"
+OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
+RUNS=$OUT/runs
+RESULTS=$OUT/results
+mkdir -p "$RUNS" "$RESULTS"
 cd "$ROOT"
 export PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1
 stamp() { echo "[gpu_session $(date +%T)] $*"; }
@@ -54,16 +58,18 @@ stamp "accuracy matrix, $PARALLEL runs at a time, for at most $ACC_SECONDS s"
 # The shapes images are generated once here, before the runs share the cache.
 "$PY" -c "from detectron2.data import DatasetCatalog; import dynamic_rcnn.data; [DatasetCatalog.get(n) for n in ('shapes_train', 'shapes_val', 'bccd_train', 'bccd_valtest')]"
 jobs_file=$(mktemp)
-for seed in $SEEDS; do
-    for dataset in shapes bccd; do
-        for variant in $VARIANTS; do
-            echo "$dataset $variant $seed" >> "$jobs_file"
+for schedule in $SCHEDULES; do
+    for seed in $SEEDS; do
+        for dataset in shapes bccd; do
+            for variant in $VARIANTS; do
+                echo "$dataset $variant $seed $schedule" >> "$jobs_file"
+            done
         done
     done
 done
 # Each run is its own process; OMP threads are kept at 2 so that the runs share the CPU cores.
 OMP_NUM_THREADS=2 setsid xargs -P "$PARALLEL" -L 1 sh -c \
-    "\"$PY\" benchmarks/accuracy.py --schedule $SCHEDULE --datasets \$0 --variants \$1 --seeds \$2 --out \"$RUNS\" > /dev/null 2>&1 || echo \"failed: \$0 \$1 \$2\"" \
+    "\"$PY\" benchmarks/accuracy.py --datasets \$0 --variants \$1 --seeds \$2 --schedule \$3 --results \"$RESULTS\" --runs \"$RUNS\" > /dev/null 2>&1 || echo \"failed: \$0 \$1 \$2 x\$3\"" \
     < "$jobs_file" &
 group=$!
 start=$SECONDS
@@ -79,8 +85,7 @@ while kill -0 "$group" 2>/dev/null; do
 done
 wait "$group" 2>/dev/null
 stamp "accuracy: $(( SECONDS - start )) s"
-"$PY" benchmarks/accuracy.py --report-only --schedule "$SCHEDULE" --variants $VARIANTS --seeds $SEEDS --out "$RUNS" > "$OUT/accuracy.md"
+"$PY" benchmarks/accuracy.py --report --schedule $SCHEDULES --variants $VARIANTS --seeds $SEEDS --results "$RESULTS" \
+    --reference baseline_d2 > "$OUT/accuracy.md"
 cat "$OUT/accuracy.md"
-(cd "$RUNS" && find . \( -name "*.json" -o -name "stdout.txt" -o -name "log.txt" -o -name "config.yaml" -o -name "*.md" \) -print0 \
-    | tar czf "$OUT/accuracy_runs.tar.gz" --null -T -)
 stamp "done"

@@ -8,9 +8,9 @@ peak memory of each and their ratio.
 
     python benchmarks/overhead.py --preset tiny  [--steps 20]        # shapes R-18-FPN, 192 px, 4 images
     python benchmarks/overhead.py --preset r50-coco --steps 3        # R-50-FPN, 800 x 1216, 2 images
-    python benchmarks/overhead.py --count-ops [--opts MODEL.DYNAMIC_RCNN.STATISTIC scaled]
+    python benchmarks/overhead.py --count-ops [--opts MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False]
 
-``--opts KEY VALUE ...`` changes the dynamic head only (another statistic, the positives guard).
+``--opts KEY VALUE ...`` changes the dynamic head only (other statistics settings).
 ``--count-ops`` profiles one training step of each head on the same batch and prints the number of
 aten operations each called (those called from Python, not those they call inside): a count that the machine's load does not change, for where a timing is
 noise (the CPU).

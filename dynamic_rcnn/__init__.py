@@ -36,8 +36,6 @@ __all__ = [
     "DynamicTracker",
     "Trainer",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-data.register_builtin()
-from .deform_conv import use_deform_conv_fallback  # noqa: E402
-use_deform_conv_fallback()  # without detectron2._C, deformable ResNets run torchvision's op
+data.register_builtin()  # the built-in datasets, as detectron2 registers its own at import

@@ -1,4 +1,4 @@
-"""What the project's scripts (train_net.py, lazy_train_net.py, demo.py) share: the command-line checks,
+"""What the project's scripts (train_net.py, lazy_train_net.py, demo.py) share: the command-line check,
 and detectron2's ``launch`` with the project's errors printed as one line."""
 import sys
 from typing import Callable
@@ -13,19 +13,13 @@ __all__ = ["check_overrides", "launch_checked"]
 
 def check_overrides(parser, args):
     """
-    For the scripts (train_net.py, lazy_train_net.py, demo.py): the config overrides (``KEY VALUE
-    ...`` or ``key=value ...``, ``args.opts``) take the rest of the command line (argparse
-    REMAINDER), so an option written after them, e.g. ``--resume``, would land there and fail in
-    detectron2 as "Override list has odd length" or "Non-existent key: --resume". Refuse such an
-    option with an argparse error (usage, then one ``error:`` line, exit status 2) that says where
-    it goes.
+    The config overrides (``KEY VALUE ...`` or ``key=value ...``, ``args.opts``) take the rest of the
+    command line, so an option written after them, e.g. ``--resume``, would land there and fail in
+    detectron2 as "Override list has odd length" or "Non-existent key: --resume". No config key
+    starts with ``--``: refuse such an item with an argparse error (usage, one ``error:`` line, exit 2).
     """
-    options = {s for action in parser._actions for s in action.option_strings}
     for item in args.opts:
-        name = item.split("=", 1)[0]
-        # argparse also accepts an unambiguous prefix of a long option (--res for --resume).
-        abbreviated = name.startswith("--") and len(name) > 2 and any(o.startswith(name) for o in options)
-        if name in options or abbreviated:
+        if item.startswith("--"):
             parser.error(f"option {item} is written after the config overrides (KEY VALUE ...), which take "
                          f"the rest of the command line: move it (with its value, if it takes one) before "
                          f"the first override, {args.opts[0]}")

@@ -140,9 +140,9 @@ class DynamicRCNNHook(HookBase):
             )
         logger.info(
             "Dynamic R-CNN from iteration %d: IoU threshold %.4f, beta %.4f, %d statistics in the "
-            "window, updates every %d iterations (DLA %s, DSL %s, statistic %r)",
+            "window, updates every %d iterations (DLA %s, DSL %s)",
             start, t.iou_threshold, t.beta, len(t.window), t.update_period,
-            "on" if t.enable_dla else "off", "on" if t.enable_dsl else "off", t.statistic,
+            "on" if t.enable_dla else "off", "on" if t.enable_dsl else "off",
         )
 
     def before_step(self):
@@ -154,9 +154,7 @@ class DynamicRCNNHook(HookBase):
         n = t.update()
         logger.info(
             "Dynamic R-CNN update at iteration %d from %d statistics: IoU threshold %.4f -> %.4f, "
-            "beta %.4f -> %.4f%s",
-            it, n, old[0], t.iou_threshold, old[1], t.beta,
-            f" ({t.non_finite} non-finite statistics skipped so far)" if t.non_finite else "",
+            "beta %.4f -> %.4f", it, n, old[0], t.iou_threshold, old[1], t.beta,
         )
 
     def after_step(self):

@@ -26,10 +26,10 @@ from typing import List, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
-from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
-from .config import add_dynamic_rcnn_config, load_config
+from .config import add_dynamic_rcnn_config, load_config, merge_checked
+from .deform_conv import build_model
 
 __all__ = ["get_config_file", "get_config", "get_checkpoint_file", "get", "sha256_of", "ChecksumError"]
 
@@ -246,7 +246,7 @@ def get_config(name: str, trained: bool = False):
         raise ValueError(f"{path} embeds no config: it was not written by tools/publish_model.py")
     cfg = get_cfg()
     add_dynamic_rcnn_config(cfg)
-    cfg.merge_from_other_cfg(CfgNode.load_cfg(checkpoint["cfg"]))
+    merge_checked(cfg.merge_from_other_cfg, f"the config embedded in {path}", CfgNode.load_cfg(checkpoint["cfg"]))
     cfg.MODEL.WEIGHTS = path
     return _cpu_if_no_gpu(cfg, f"the config embedded in {path}")
 

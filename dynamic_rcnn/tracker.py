@@ -1,6 +1,5 @@
 """The one home of Dynamic R-CNN's state: the values in force and the window in progress."""
 import logging
-import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from detectron2.utils import comm
@@ -14,25 +13,24 @@ logger = logging.getLogger(__name__)
 
 # The settings that decide what a statistic of the window means; a checkpoint records them so that
 # a run resumed with other values can say so.
-_WINDOW_SETTINGS = ("iou_topk", "error_topk", "update_period", "statistic", "reference_objects", "stats_include_gt")
+_WINDOW_SETTINGS = ("iou_topk", "error_topk", "update_period", "stats_include_gt")
 
 
 class DynamicTracker:
     """
     Owns the Dynamic R-CNN settings, the IoU threshold and the SmoothL1 beta in force, and the
-    window of statistics recorded since the last update. ``DynamicROIHeads`` reads the values and
-    the statistic settings from it and records each iteration's statistics into it;
-    :class:`DynamicRCNNHook` commits them to the window after every iteration and calls
-    :meth:`update` every ``update_period`` iterations.
+    window of statistics recorded since the last update. ``DynamicROIHeads`` reads the values from
+    it and records each iteration's statistics into it; :class:`DynamicRCNNHook` commits them to
+    the window after every iteration and calls :meth:`update` every ``update_period`` iterations.
 
-    With several processes, :meth:`commit` gathers every process's statistics of the iteration,
-    so the window, and hence every update, is the same in all processes, and the window saved by
-    the main process's checkpoint is the whole window. The state (:meth:`state_dict`) is plain
-    Python data: the hook saves it in the trainer's part of every detectron2 checkpoint, so the
-    model's own ``state_dict`` is exactly that of a ``StandardROIHeads`` model.
+    With several processes, :meth:`commit` gathers every process's statistics of the iteration, so
+    the window, hence every update, is the same in all processes, and the main process's checkpoint
+    holds the whole window. The state (:meth:`state_dict`) is plain Python data that the hook saves
+    in the trainer's part of every detectron2 checkpoint: the model's own ``state_dict`` is exactly
+    that of a ``StandardROIHeads`` model.
 
-    Every argument is checked here (the rules of ``dynamic_rcnn.config``): a bad value fails when the
-    tracker is built, from a YAML config, a LazyConfig or code alike.
+    Every argument is checked here (the rules of ``dynamic_rcnn.config``), so a bad value fails when
+    the tracker is built, from a YAML config, a LazyConfig or code alike.
     """
 
     def __init__(
@@ -45,19 +43,19 @@ class DynamicTracker:
         warmup_beta: float = 1.0,
         enable_dla: bool = True,
         enable_dsl: bool = True,
-        statistic: str = "image",
-        reference_objects: float = 7.0,
         stats_include_gt: bool = True,
+        **removed,
     ):
         """
         Args: those of ``MODEL.DYNAMIC_RCNN`` (``CONFIG_KEYS`` maps them), defaults the paper's:
             iou_topk (K_I), error_topk (K_E), update_period (C), warmup_iou, warmup_beta,
-            enable_dla, enable_dsl, statistic, reference_objects, stats_include_gt.
+            enable_dla, enable_dsl, stats_include_gt. Arguments of earlier versions are refused
+            with what to use instead.
         """
         check_dynamic_rcnn_args(
             iou_topk=iou_topk, error_topk=error_topk, update_period=update_period, warmup_iou=warmup_iou,
-            warmup_beta=warmup_beta, enable_dla=enable_dla, enable_dsl=enable_dsl, statistic=statistic,
-            reference_objects=reference_objects, stats_include_gt=stats_include_gt,
+            warmup_beta=warmup_beta, enable_dla=enable_dla, enable_dsl=enable_dsl,
+            stats_include_gt=stats_include_gt, **removed,
         )
         self.iou_topk = iou_topk
         self.error_topk = error_topk
@@ -66,13 +64,10 @@ class DynamicTracker:
         self.warmup_beta = float(warmup_beta)
         self.enable_dla = enable_dla
         self.enable_dsl = enable_dsl
-        self.statistic = statistic
-        self.reference_objects = float(reference_objects)
         self.stats_include_gt = stats_include_gt
 
         self.iou_threshold = self.warmup_iou
         self.beta = self.warmup_beta
-        self.non_finite = 0  # iterations whose statistics were not finite numbers, skipped
         self._window: List[Tuple[float, float]] = []
         self._pending: Optional[Tuple[float, float]] = None
         self._uncommitted = 0
@@ -92,21 +87,7 @@ class DynamicTracker:
         return {name: getattr(self, name) for name in _WINDOW_SETTINGS}
 
     def record(self, iou_stat: float, error_stat: float) -> None:
-        """
-        Keep this iteration's statistics (numbers or 0-dim tensors) until :meth:`commit`. A pair
-        that is not finite (e.g. a degenerate box gave a NaN error) is skipped and counted in
-        ``non_finite``: it would silently shift the mean and the median of the window.
-        """
-        iou_stat, error_stat = float(iou_stat), float(error_stat)
-        if not (math.isfinite(iou_stat) and math.isfinite(error_stat)):
-            self.non_finite += 1
-            if self.non_finite == 1:
-                logger.warning(
-                    "Dynamic R-CNN: a non-finite statistic (IoU %s, error %s) was skipped; a degenerate "
-                    "box (zero width or height) reaching the ROI head is the usual cause. Further ones are "
-                    "skipped too and counted in the update lines.", iou_stat, error_stat,
-                )
-            return
+        """Keep this iteration's statistics (numbers or 0-dim tensors) until :meth:`commit`."""
         if self._pending is not None:
             self._uncommitted += 1
             if self._uncommitted == self.update_period:
@@ -116,7 +97,7 @@ class DynamicTracker:
                     "trainer (dynamic_rcnn.add_dynamic_rcnn_hook(trainer)).",
                     self.update_period,
                 )
-        self._pending = (iou_stat, error_stat)
+        self._pending = (float(iou_stat), float(error_stat))
 
     def commit(self) -> Optional[Tuple[float, float]]:
         """
@@ -127,9 +108,7 @@ class DynamicTracker:
             the committed (IoU statistic, error statistic), averaged over the processes that
             recorded; None if none did.
         """
-        pending = self._pending
-        self._pending = None
-        self._uncommitted = 0
+        pending, self._pending, self._uncommitted = self._pending, None, 0
         if comm.get_world_size() > 1:
             rows = [r for r in comm.all_gather(pending) if r is not None]
         else:
@@ -151,9 +130,7 @@ class DynamicTracker:
         """
         values, self._window = self._window, []
         if self.enable_dla:
-            self.iou_threshold = updated_iou_threshold(
-                [v[0] for v in values], self.iou_threshold, self.warmup_iou
-            )
+            self.iou_threshold = updated_iou_threshold([v[0] for v in values], self.iou_threshold, self.warmup_iou)
         if self.enable_dsl:
             self.beta = updated_beta([v[1] for v in values], self.beta, self.warmup_beta)
         return len(values)
@@ -174,8 +151,8 @@ class DynamicTracker:
 
         - a part that is switched off keeps its warm-up value (the restored one is logged as ignored);
         - the warm-up floor of T and ceiling of beta hold (a restored value beyond them is moved back);
-        - a window recorded under other settings (K_I, K_E, C, statistic) is kept and enters the next
-          update with the statistics recorded from now on; a warning names the settings that differ.
+        - a window recorded under other settings (K_I, K_E, C, STATS_INCLUDE_GT) is kept and enters
+          the next update with the statistics recorded from now on; a warning names what differs.
         """
         missing = {"iou_threshold", "beta", "window"} - set(state)
         if missing:
@@ -183,7 +160,6 @@ class DynamicTracker:
         restored_t, restored_beta = float(state["iou_threshold"]), float(state["beta"])
         self._window = [(float(a), float(b)) for a, b in state["window"]]
         self._pending = None
-
         self.iou_threshold = self._restored("DLA", self.enable_dla, restored_t, self.warmup_iou, "WARMUP_IOU",
                                             max(self.warmup_iou, restored_t), "IoU threshold")
         self.beta = self._restored("DSL", self.enable_dsl, restored_beta, self.warmup_beta, "WARMUP_BETA",
@@ -221,5 +197,5 @@ class DynamicTracker:
         return (
             f"DynamicTracker(iou_threshold={self.iou_threshold:.4f}, beta={self.beta:.4f}, "
             f"window={len(self._window)}, update_period={self.update_period}, "
-            f"dla={self.enable_dla}, dsl={self.enable_dsl}, statistic={self.statistic!r})"
+            f"dla={self.enable_dla}, dsl={self.enable_dsl})"
         )

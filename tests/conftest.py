@@ -9,9 +9,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from dynamic_rcnn import add_dynamic_rcnn_config
+from dynamic_rcnn.statistics import box_errors, error_statistic, iou_statistic
 
 # Generated datasets go to a folder of this test session, never to the user's cache.
 os.environ.setdefault("DYNAMIC_RCNN_CACHE", tempfile.mkdtemp(prefix="dynamic_rcnn_test_cache_"))
@@ -21,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES_BASE = os.path.join(ROOT, "configs", "shapes", "Base-Shapes-R18-FPN.yaml")
+SHAPES_CONFIG = os.path.join(ROOT, "configs", "shapes", "dynamic_rcnn_R_18_FPN_shapes.yaml")
 FEATURE_CHANNELS = 16
 
 
@@ -59,7 +60,7 @@ TINY_OPTS = [
 def tiny_cfg(*opts):
     cfg = get_cfg()
     add_dynamic_rcnn_config(cfg)
-    cfg.merge_from_file(SHAPES_BASE)
+    cfg.merge_from_file(SHAPES_CONFIG)
     cfg.merge_from_list(list(TINY_OPTS) + list(opts))
     return cfg
 
@@ -114,3 +115,18 @@ def targets(image_size, boxes, classes=None):
 @pytest.fixture
 def tmp_output(tmp_path):
     return str(tmp_path / "output")
+
+
+def reference_statistics(proposal_boxes, gt_boxes, box2box_transform, iou_topk, error_topk):
+    """
+    The paper's two statistics of one iteration computed from scratch (their own IoU matrix), from
+    the boxes as the ROI head matches them (``Boxes`` per image, ground truth appended when it is
+    counted): what the head, which reuses its matcher's IoUs, must record. None when no image has
+    both boxes and ground truth.
+    """
+    kept = [(p, g) for p, g in zip(proposal_boxes, gt_boxes) if len(p) > 0 and len(g) > 0]
+    if not kept:
+        return None
+    best = [pairwise_iou(g, p).max(dim=0) for p, g in kept]
+    errors = [box_errors(p.tensor, g.tensor[b.indices], box2box_transform) for (p, g), b in zip(kept, best)]
+    return iou_statistic([b.values for b in best], iou_topk), error_statistic(errors, error_topk)

@@ -143,7 +143,8 @@ def test_voc_folder_with_broken_annotations(tmp_path, caplog):
         load_voc_instances(root, "nosuchsplit", ["cat"])
 
 
-@pytest.mark.skipif(bccd_root() is None, reason="BCCD not found (../shared/data/BCCD or $DYNAMIC_RCNN_DATASETS/BCCD)")
+@pytest.mark.skipif(not os.path.isdir(os.path.join(bccd_root(), "Annotations")),
+                    reason=f"BCCD not found in {bccd_root()}: set DYNAMIC_RCNN_DATASETS to the folder that holds BCCD/")
 def test_bccd_splits_drop_its_two_zero_area_boxes(caplog):
     import dynamic_rcnn  # noqa: F401
 
@@ -183,7 +184,8 @@ def test_coco_json_maps_ids_and_drops_broken(tmp_path, caplog):
     assert [(a["category_id"], a["bbox"]) for a in annos] == [
         (1, [1, 2, 11, 12]), (0, [3, 3, 13, 13]), (0, [45, 30, 50, 40])]
     assert (
-        "1 boxes clipped to the image (a.png), 1 boxes of unknown classes (a.png), 1 missing image files (gone.png)"
+        "1 boxes clipped to the image (a.png), 1 boxes of the unknown category id 77 (a.png), "
+        "1 missing image files (gone.png)"
     ) in caplog.text
 
 
@@ -326,30 +328,14 @@ def test_broken_coco_files_are_refused_at_registration_with_their_path(tmp_path,
         register_from_args(args, get_cfg())
 
 
-def test_bccd_root_also_looks_where_detectron2_users_keep_datasets(tmp_path, monkeypatch):
-    import dynamic_rcnn.data as data
-
-    def make(*parts):
-        path = tmp_path.joinpath(*parts)
-        (path / "Annotations").mkdir(parents=True)
-        return str(path)
-
+def test_bccd_is_read_from_the_project_variable_else_where_detectron2_keeps_datasets(monkeypatch):
     monkeypatch.delenv("DYNAMIC_RCNN_DATASETS", raising=False)
     monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
-    (tmp_path / "project").mkdir()
-    monkeypatch.setattr(data, "_PROJECT_ROOT", str(tmp_path / "project"))
-    monkeypatch.chdir(tmp_path)
-    assert data.bccd_root() is None
-    make("datasets", "BCCD")  # detectron2's default: ./datasets
-    assert data.bccd_root() == os.path.join("datasets", "BCCD")
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
-    d2 = make("d2", "BCCD")
-    assert data.bccd_root() == d2
-    shared = make("shared", "data", "BCCD")  # beside the project: comes first
-    assert data.bccd_root() == shared
-    monkeypatch.setenv("DYNAMIC_RCNN_DATASETS", str(tmp_path / "mine"))
-    mine = make("mine", "BCCD")
-    assert data.bccd_root() == mine
+    assert bccd_root() == os.path.join("datasets", "BCCD")  # detectron2's default: ./datasets
+    monkeypatch.setenv("DETECTRON2_DATASETS", "/d2")
+    assert bccd_root() == "/d2/BCCD"
+    monkeypatch.setenv("DYNAMIC_RCNN_DATASETS", "/mine")
+    assert bccd_root() == "/mine/BCCD"
 
 
 def test_check_datasets_names_unregistered_datasets_and_missing_files(tmp_path, monkeypatch):
@@ -361,6 +347,13 @@ def test_check_datasets_names_unregistered_datasets_and_missing_files(tmp_path, 
     # detectron2's built-in COCO points under $DETECTRON2_DATASETS, loaded only when training starts.
     with pytest.raises(FileNotFoundError, match="'coco_2017_train' needs .*instances_train2017.json, which does not exist"):
         check_datasets(("coco_2017_train",), "DATASETS.TRAIN")
+    # BCCD is registered wherever it is looked for; a missing folder is said before training.
+    from dynamic_rcnn.data import register_voc
+
+    register_voc("bccd_check_datasets_tmp", str(tmp_path / "no" / "BCCD"), "train", BCCD_CLASSES)
+    with pytest.raises(FileNotFoundError, match=r"'bccd_check_datasets_tmp' needs .*no/BCCD, which does not exist.*"
+                                                r"DYNAMIC_RCNN_DATASETS"):
+        check_datasets(("bccd_check_datasets_tmp",), "DATASETS.TRAIN")
     images = tmp_path / "images"
     images.mkdir()
     coco = tmp_path / "a.json"

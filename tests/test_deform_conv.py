@@ -7,17 +7,22 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import build_model
+from detectron2.layers import DeformConv as D2DeformConv
+from detectron2.layers import ModulatedDeformConv as D2ModulatedDeformConv
 from detectron2.modeling.backbone import resnet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from dynamic_rcnn import deform_conv as dc
 from dynamic_rcnn.config import load_config
+from dynamic_rcnn.deform_conv import build_model
 
 from conftest import ROOT, tiny_cfg
 
 CLASSES = [dc.DeformConv, dc.ModulatedDeformConv]
+# A small R-50 (detectron2's R-18 has no deformable blocks): half the width, GroupNorm.
+DCN_R50 = ["MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.WIDTH_PER_GROUP", 32, "MODEL.RESNETS.RES2_OUT_CHANNELS", 128,
+           "MODEL.RESNETS.NORM", "GN"]
 
 
 @pytest.fixture(autouse=True)
@@ -67,34 +72,25 @@ def offsets(n, groups, kernel, size, dy, dx):
     return o.reshape(n, groups * pos * 2, *size)
 
 
-# ------------------------------------------------------------------ the fallback and its decision
+# ------------------------------------------------------------------ where the fallback is used
 
 
-def test_decision_follows_the_compiled_ops(monkeypatch):
+def test_missing_ops_follow_the_compiled_module(monkeypatch):
     fake = types.ModuleType("detectron2._C")
     monkeypatch.setitem(sys.modules, "detectron2._C", fake)
-    assert dc._missing_c_ops() == "detectron2._C lacks deform_conv_forward, modulated_deform_conv_forward"
+    assert dc.missing_deformable_ops() == "detectron2._C lacks deform_conv_forward, modulated_deform_conv_forward"
     fake.deform_conv_forward = lambda *a: None
-    assert dc._missing_c_ops() == "detectron2._C lacks modulated_deform_conv_forward"
+    assert dc.missing_deformable_ops() == "detectron2._C lacks modulated_deform_conv_forward"
     fake.modulated_deform_conv_forward = lambda *a: None
-    assert dc._missing_c_ops() is None
-
-    # With both ops, detectron2's ResNet keeps its own classes.
-    monkeypatch.setattr(dc, "_implementation", None)
-    monkeypatch.setattr(resnet, "DeformConv", "detectron2's")
-    monkeypatch.setattr(resnet, "ModulatedDeformConv", "detectron2's modulated")
-    assert dc.use_deform_conv_fallback() == "detectron2"
-    assert (resnet.DeformConv, resnet.ModulatedDeformConv) == ("detectron2's", "detectron2's modulated")
+    assert dc.missing_deformable_ops() is None
+    # With both ops, a DCN model is built with detectron2's own classes.
+    with dc.deformable_fallback(tiny_cfg(*DCN_R50, "MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False, True, True, True])):
+        assert (resnet.DeformConv, resnet.ModulatedDeformConv) == (D2DeformConv, D2ModulatedDeformConv)
 
 
-def test_importing_dynamic_rcnn_patched_resnet_and_the_patch_is_idempotent():
-    if dc._missing_c_ops() is None:
-        pytest.skip("this detectron2 has its compiled deformable ops: nothing is patched")
-    # `import dynamic_rcnn` (conftest) already called it once.
-    assert dc._implementation == "torchvision"
-    assert (resnet.DeformConv, resnet.ModulatedDeformConv) == (dc.DeformConv, dc.ModulatedDeformConv)
-    assert dc.use_deform_conv_fallback() == dc.use_deform_conv_fallback() == "torchvision"
-    assert (resnet.DeformConv, resnet.ModulatedDeformConv) == (dc.DeformConv, dc.ModulatedDeformConv)
+def test_importing_dynamic_rcnn_changes_nothing_of_detectron2():
+    # conftest imported dynamic_rcnn: detectron2's resnet still builds detectron2's classes.
+    assert (resnet.DeformConv, resnet.ModulatedDeformConv) == (D2DeformConv, D2ModulatedDeformConv)
 
 
 class _Records(logging.Handler):
@@ -106,48 +102,56 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_the_fallback_is_logged_once_when_first_built(monkeypatch):
-    monkeypatch.setattr(dc, "_logged", False)
-    monkeypatch.setattr(dc, "_reason", "detectron2._C cannot be imported (test)")
+def _built_with_log(cfg):
     # A handler of the module's own logger: a detectron2 setup_logger elsewhere may stop propagation.
     records, level = _Records(), dc.logger.level
     dc.logger.addHandler(records)
     dc.logger.setLevel(logging.INFO)
     try:
-        dc.DeformConv(4, 4, 3)
-        dc.ModulatedDeformConv(4, 4, 3)
+        return dc.build_model(cfg), records.messages
     finally:
         dc.logger.removeHandler(records)
         dc.logger.setLevel(level)
-    assert records.messages == [
-        "Deformable convolution: torchvision.ops.deform_conv2d, since detectron2._C cannot be imported (test)."
-    ]
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_parameters_are_detectron2s(cls):
-    base = {dc.DeformConv: dc._D2DeformConv, dc.ModulatedDeformConv: dc._D2ModulatedDeformConv}[cls]
-    ours = cls(8, 6, 3, padding=1, groups=2, deformable_groups=2, bias=False)
-    theirs = base(8, 6, 3, padding=1, groups=2, deformable_groups=2, bias=False)
-    assert isinstance(ours, base)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {
-        k: v.shape for k, v in theirs.state_dict().items()
-    } == {"weight": (6, 4, 3, 3)}
-    assert ours.load_state_dict(theirs.state_dict()) is not None  # strict: same names
+def test_the_fallback_is_used_only_where_a_dcn_model_is_built_without_the_ops():
+    reason = dc.missing_deformable_ops()
+    if reason is None:
+        pytest.skip("this detectron2 has its compiled deformable ops: the fallback is never used")
+    model, messages = _built_with_log(tiny_cfg(*DCN_R50, "MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False, False, True, True]))
+    assert type(model.backbone.bottom_up.res4[0].conv2) is dc.DeformConv
+    assert messages == [f"Deformable convolution: torchvision.ops.deform_conv2d, since {reason}."]
+    # Once built, detectron2's names are detectron2's again; a model without DCN logs nothing.
+    assert (resnet.DeformConv, resnet.ModulatedDeformConv) == (D2DeformConv, D2ModulatedDeformConv)
+    assert _built_with_log(tiny_cfg())[1] == []
+
+
+@pytest.mark.parametrize("cls, bias, expected", [
+    (dc.DeformConv, False, {"weight": (6, 4, 3, 3)}),
+    (dc.ModulatedDeformConv, True, {"weight": (6, 4, 3, 3), "bias": (6,)}),
+], ids=["DeformConv", "ModulatedDeformConv"])
+def test_parameters_are_detectron2s(cls, bias, expected):
+    """detectron2's names and shapes (weight: out x in / groups x k x k; bias for DCNv2 only): one checkpoint for both."""
+    ours = cls(8, 6, 3, padding=1, groups=2, deformable_groups=2, bias=bias, norm=torch.nn.GroupNorm(2, 6))
+    norm = {"norm.weight": (6,), "norm.bias": (6,)}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {**expected, **norm}
+    if dc.missing_deformable_ops() is None:
+        theirs = {dc.DeformConv: D2DeformConv, dc.ModulatedDeformConv: D2ModulatedDeformConv}[cls](
+            8, 6, 3, padding=1, groups=2, deformable_groups=2, bias=bias, norm=torch.nn.GroupNorm(2, 6))
+        assert ours.load_state_dict(theirs.state_dict()) is not None  # strict: same names
+    with pytest.raises(ValueError, match="no bias"):
+        dc.DeformConv(4, 4, 3, bias=True)
 
 
 # ------------------------------------------------------------------ against detectron2's compiled op
 
 
 def test_outputs_and_gradients_equal_detectron2s_compiled_op():
-    reason = dc._missing_c_ops()
+    reason = dc.missing_deformable_ops()
     if reason is not None:
         pytest.skip(f"{reason}: nothing to compare with; the tests below check hand computations")
     if not torch.cuda.is_available():
         pytest.skip("detectron2's compiled deformable ops run on CUDA only, and no GPU is visible")
-    from detectron2.layers import DeformConv as D2DeformConv
-    from detectron2.layers import ModulatedDeformConv as D2ModulatedDeformConv
-
     torch.manual_seed(0)
     for ours_cls, theirs_cls in [(dc.DeformConv, D2DeformConv), (dc.ModulatedDeformConv, D2ModulatedDeformConv)]:
         for stride, padding, dilation, groups, dgroups in [(1, 1, 1, 1, 1), (2, 2, 2, 2, 2), (1, 1, 1, 1, 2)]:
@@ -322,7 +326,7 @@ def test_dcn_configs_build_deformable_res3_to_res5(name, depth, conv_cls, offset
     assert sum(map(len, blocks.values())) == {50: 16, 101: 33}[depth]
     block = model.backbone.bottom_up.res4[0]
     assert type(block.conv2).__name__ == conv_cls and block.conv2_offset.out_channels == offset_channels
-    if dc._missing_c_ops() is not None:
+    if dc.missing_deformable_ops() is not None:
         assert type(block.conv2) is getattr(dc, conv_cls)
 
 
@@ -336,10 +340,7 @@ def cfg_base(name):
 def test_a_dcn_v2_faster_rcnn_trains_on_the_cpu():
     # R-50-FPN with modulated deformable res3-res5, halved in width, on 64 px images.
     cfg = tiny_cfg(
-        "MODEL.RESNETS.DEPTH", 50,
-        "MODEL.RESNETS.WIDTH_PER_GROUP", 32,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 128,
-        "MODEL.RESNETS.NORM", "GN",
+        *DCN_R50,
         "MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False, True, True, True],
         "MODEL.RESNETS.DEFORM_MODULATED", True,
     )

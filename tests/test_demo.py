@@ -86,7 +86,7 @@ def test_main_job_leaves_model_metrics_plots_and_drawings(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_demo.main(["--num-images", "2", *OPTS, "SOLVER.MAX_ITER", "6",
                           "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", "3", "OUTPUT_DIR", str(out)]) == 0
-    for name in ("model_final.pth", "metrics.json", "dynamics.png", "losses.png", "train_summary.json",
+    for name in ("model_final.pth", "metrics.json", "dynamics.png", "losses.png", "demo_results.json",
                  "inference/shapes_tiny_train/ap_table.md"):
         assert (out / name).is_file(), name
     assert len(os.listdir(out / "predictions")) == 2

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from dynamic_rcnn import model_zoo
 
-from conftest import ROOT, SHAPES_BASE, TINY_OPTS, tiny_cfg
+from conftest import ROOT, SHAPES_CONFIG, TINY_OPTS, tiny_cfg
 
 
 def load_tool(name):
@@ -33,7 +33,7 @@ def run_dir(tmp_path):
         "model_final", iteration=7, optimizer={"state": {}, "param_groups": []}, trainer={"iteration": 7})
     (run / "config.yaml").write_text(cfg.dump())
     (run / "inference" / "shapes_val" / "ap_table.json").write_text(json.dumps({"shapes_val": {"bbox": {"AP": 12.5, "AP90": 1.0}}}))
-    (run / "train_summary.json").write_text(json.dumps({"iterations": 8, "s_per_iter": 0.5, "peak_memory_mb": 900.0}))
+    (run / "run_summary.json").write_text(json.dumps({"iterations": 8, "s_per_iter": 0.5, "peak_memory_mb": 900.0}))
     return run, model
 
 
@@ -232,7 +232,7 @@ def test_lazy_configs_are_served_as_detectron2_serves_its_own(tmp_path, monkeypa
         "from dynamic_rcnn import add_dynamic_rcnn_config\n"
         "_cfg = get_cfg()\n"
         "add_dynamic_rcnn_config(_cfg)\n"
-        f"_cfg.merge_from_file({SHAPES_BASE!r})\n"
+        f"_cfg.merge_from_file({SHAPES_CONFIG!r})\n"
         f"_cfg.merge_from_list({[str(v) for v in TINY_OPTS]!r})\n"
         "model = L(build_model)(cfg=_cfg)\n"
         f"train = dict(device='cpu', init_checkpoint={str(tmp_path / 'init.pth')!r})\n"

@@ -1,11 +1,13 @@
 """
-Every command and snippet README.md prints in a code block is run here exactly as printed, in a
-sandbox folder that holds the project (linked) and the files the commands name.
+Every command and snippet that README.md and the pages it links (docs/*.md, MODEL_ZOO.md) print in a
+code block is run here exactly as printed, in a sandbox folder that holds the project (linked) and
+the files the commands name.
 
 A command either runs to its end, or starts training (it is stopped once detectron2 says "Starting
 training": the long jobs), or stops with the error README says it gives here (the COCO commands: no
 COCO on this machine). A command or snippet README gains without an entry below fails the test.
 """
+import glob
 import json
 import os
 import re
@@ -24,7 +26,8 @@ from dynamic_rcnn.data import generate_shapes_image
 
 from conftest import ROOT
 
-README = os.path.join(ROOT, "README.md")
+PAGES = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "MODEL_ZOO.md")] + sorted(
+    glob.glob(os.path.join(ROOT, "docs", "*.md")))
 RUN_DIR = "output/shapes_dynamic_rcnn_R_18_FPN"
 NO_COCO = "error: DATASETS.TRAIN: the dataset 'coco_2017_train' needs datasets/coco/annotations/instances_train2017.json"
 NO_COCO_LAZY = "error: dataloader.train.dataset.names: the dataset 'coco_2017_train' needs"
@@ -50,6 +53,8 @@ COMMANDS = {
     "python demo.py --config-file configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml --input some.jpg a/folder/ "
     "--output drawn/ --confidence-threshold 0.5 MODEL.WEIGHTS output/shapes_dynamic_rcnn_R_18_FPN/model_final.pth": "ok",
     "python -m dynamic_rcnn.plot output/shapes_dynamic_rcnn_R_18_FPN": "ok",
+    "python tools/publish_model.py output/shapes_dynamic_rcnn_R_18_FPN --name my_shapes_model --out my_releases "
+    "--verify": "ok",
 }
 # Commands not run here, and why.
 NOT_RUN = {
@@ -63,14 +68,20 @@ SNIPPETS = {
         "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = 0 is invalid: it must be an integer >= 1 (argument `update_period`).",
     "import cv2": "num_instances=",
     "from dynamic_rcnn.data import register_voc": "",
+    "from dynamic_rcnn import model_zoo": "GeneralizedRCNN",
 }
 # Snippets that must run without dynamic_rcnn (plain detectron2): the package is made unimportable.
 WITHOUT_DYNAMIC_RCNN = {"import cv2"}
+# Snippets that load a release: it is published first, as the pages make it.
+NEED_A_RELEASE = WITHOUT_DYNAMIC_RCNN | {"from dynamic_rcnn import model_zoo"}
 
 
 def readme_blocks(lang):
-    with open(README) as f:
-        return re.findall(rf"^```{lang}\n(.*?)^```", f.read(), re.S | re.M)
+    blocks = []
+    for page in PAGES:
+        with open(page) as f:
+            blocks += re.findall(rf"^```{lang}\n(.*?)^```", f.read(), re.S | re.M)
+    return blocks
 
 
 def readme_commands():
@@ -184,8 +195,11 @@ def test_readme_snippet(first_line, sandbox, tmp_path):
     snippet = next(b for b in readme_blocks("python") if b.splitlines()[0] == first_line)
     script = tmp_path / "snippet.py"
     script.write_text(snippet)
+    if first_line in NEED_A_RELEASE:
+        run(COMMANDS_PUBLISH, box, env, "ok")  # the release the snippet loads, as the pages make it
+        # The package is the checkout's (an editable install): its release folder is the sandbox's here.
+        env = dict(env, DYNAMIC_RCNN_RELEASES=str(box / "releases"))
     if first_line in WITHOUT_DYNAMIC_RCNN:
-        run(COMMANDS_PUBLISH, box, env, "ok")  # the release the snippet loads, as README makes it
         blocker = tmp_path / "blocker" / "dynamic_rcnn"
         os.makedirs(blocker)
         (blocker / "__init__.py").write_text("raise ImportError('this snippet must not need dynamic_rcnn')\n")

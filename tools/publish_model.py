@@ -6,7 +6,8 @@ Turn a training run into a model-zoo release:
 
 Keeps the model weights (drops optimizer, scheduler and trainer state), embeds the run's
 config.yaml, and writes ``OUT/NAME_<first 8 hex of sha256>.pth``, ``OUT/NAME.metrics.json``
-(AP table, schedule, iterations, s/iter, peak memory, machine, detectron2 and torch versions) and
+(AP table, schedule, and the run's cost when tools/run_summary.py ran it: iterations, s/iter, peak
+memory, machine, detectron2 and torch versions) and
 ``OUT/NAME.inference.yaml``: the config plain detectron2 (without ``dynamic_rcnn``) builds the
 model from, for ``DefaultPredictor``, ``build_model`` + ``DetectionCheckpointer`` and detectron2's
 export tools (a Dynamic R-CNN model is a ``StandardROIHeads`` model at inference).
@@ -31,11 +32,11 @@ def _read_json(path):
 
 
 def collect_metrics(run_dir: str) -> dict:
-    """What the run says of itself: its AP tables, its train_summary.json and its schedule."""
+    """What the run says of itself: its AP tables, and what tools/run_summary.py measured of it (if it ran it)."""
     ap = {}
     for path in sorted(glob.glob(os.path.join(run_dir, "inference", "*", "ap_table.json"))):
         ap.update(_read_json(path))
-    summary_file = os.path.join(run_dir, "train_summary.json")
+    summary_file = os.path.join(run_dir, "run_summary.json")
     summary = _read_json(summary_file) if os.path.isfile(summary_file) else {}
     return {"ap": ap, "train": summary}
 

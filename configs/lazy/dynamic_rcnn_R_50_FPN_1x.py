@@ -37,11 +37,8 @@ model.roi_heads.tracker = L(DynamicTracker)(
     warmup_beta=1.0,
     enable_dla=True,
     enable_dsl=True,
-    statistic="image",
-    reference_objects=7.0,
     stats_include_gt=True,
 )
-model.roi_heads.min_positives_iou = 0.0
 # The authors raise the RPN's NMS threshold in their Dynamic R-CNN configs (train and test).
 model.proposal_generator.nms_thresh = 0.85
 

@@ -43,43 +43,29 @@ _SHAPES_SPLITS = {
 # name suffix: the VOC split(s) it reads. `valtest` pools val and test (159 images) for evaluations
 # whose noise matters more than comparability with the usual test split (the benchmarks).
 _BCCD_SPLITS = {"train": "train", "val": "val", "trainval": "trainval", "test": "test", "valtest": ("val", "test")}
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def bccd_root():
+def bccd_root() -> str:
     """
-    The BCCD folder (one with ``Annotations/``), the first found of:
-
-    1. ``$DYNAMIC_RCNN_DATASETS/BCCD``;
-    2. ``../shared/data/BCCD`` beside the project's folder (a source checkout);
-    3. ``$DETECTRON2_DATASETS/BCCD``, ``./datasets/BCCD`` when the variable is unset (detectron2's
-       own convention, which also serves a non-editable install).
-
-    None when there is none: the ``bccd_*`` datasets are then not registered.
+    Where the ``bccd_*`` datasets are read from: ``$DYNAMIC_RCNN_DATASETS/BCCD`` when that variable is
+    set, else ``$DETECTRON2_DATASETS/BCCD`` (``datasets/BCCD`` when unset), where detectron2 keeps its
+    own datasets. Registration does not need the folder; ``check_datasets`` says when it is missing.
     """
-    candidates = []
     if os.environ.get("DYNAMIC_RCNN_DATASETS"):
-        candidates.append(os.path.join(os.environ["DYNAMIC_RCNN_DATASETS"], "BCCD"))
-    candidates.append(os.path.join(_PROJECT_ROOT, "..", "shared", "data", "BCCD"))
-    # detectron2's builtin datasets read the same variable with the same default.
-    candidates.append(os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "BCCD"))
-    for path in candidates:
-        if os.path.isdir(os.path.join(path, "Annotations")):
-            return os.path.normpath(path)
-    return None
+        return os.path.join(os.environ["DYNAMIC_RCNN_DATASETS"], "BCCD")
+    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "BCCD")
 
 
 def register_builtin() -> None:
-    """Register the ``shapes_*`` splits and, when ``bccd_root()`` finds BCCD, the ``bccd_*`` ones (once)."""
+    """Register the ``shapes_*`` splits and the ``bccd_*`` ones from ``bccd_root()`` (those not registered yet)."""
     registered = set(DatasetCatalog.list())
     for name, (n, seed, size) in _SHAPES_SPLITS.items():
         if name not in registered:
             register_shapes(name, n, seed, size)
     root = bccd_root()
-    if root is not None:
-        for suffix, split in _BCCD_SPLITS.items():
-            if f"bccd_{suffix}" not in registered:
-                register_voc(f"bccd_{suffix}", root, split, BCCD_CLASSES)
+    for suffix, split in _BCCD_SPLITS.items():
+        if f"bccd_{suffix}" not in registered:
+            register_voc(f"bccd_{suffix}", root, split, BCCD_CLASSES)
 
 
 def register_from_args(args, cfg) -> None:
@@ -135,8 +121,9 @@ def check_datasets(names, key: str) -> None:
             path = getattr(meta, field, None) if field in meta.as_dict() else None
             if isinstance(path, str) and "://" not in path and not os.path.exists(path):
                 where = os.environ.get("DETECTRON2_DATASETS", "datasets")
+                ours = " (this project's BCCD: also $DYNAMIC_RCNN_DATASETS, which comes first)" if name.startswith("bccd_") else ""
                 raise FileNotFoundError(
                     f"{key}: the dataset {name!r} needs {path}, which does not exist. detectron2 looks for its "
                     f"built-in datasets under $DETECTRON2_DATASETS (now {where!r}, relative to the current "
-                    "folder): put the data there in detectron2's layout, or set DETECTRON2_DATASETS."
+                    f"folder){ours}: put the data there in detectron2's layout, or set the variable."
                 )
