@@ -18,7 +18,6 @@ import warnings
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.engine import (  # noqa: E402
     AMPTrainer,
@@ -34,10 +33,10 @@ from detectron2.utils.events import CommonMetricPrinter  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from dynamic_rcnn import DynamicRCNNMetricPrinter, add_dynamic_rcnn_hook  # noqa: E402
-from dynamic_rcnn.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
-from dynamic_rcnn.cli import check_overrides, launch_checked  # noqa: E402
-from dynamic_rcnn.data import check_datasets  # noqa: E402
-from dynamic_rcnn.hook import find_tracker  # noqa: E402
+from dynamic_rcnn.checkpoint import AtomicCheckpointer, load_checkpoint, load_model_weights  # noqa: E402
+from dynamic_rcnn.cli import check_output_dir, check_overrides, launch_checked  # noqa: E402
+from dynamic_rcnn.data import check_datasets, explain_no_training_data  # noqa: E402
+from dynamic_rcnn.hook import find_trackers  # noqa: E402
 from dynamic_rcnn.trainer import create_ddp_model  # noqa: E402  (CPU processes too)
 
 logger = logging.getLogger("dynamic_rcnn.lazy_train_net")
@@ -70,10 +69,11 @@ def do_train(args, cfg):
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    with explain_no_training_data(_names(cfg, "train"), "dataloader.train.dataset.names"):
+        train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -83,7 +83,7 @@ def do_train(args, cfg):
             hooks.PeriodicWriter(writers(cfg), period=cfg.train.log_period) if comm.is_main_process() else None,
         ]
     )
-    if find_tracker(model) is not None:
+    if find_trackers(model):
         add_dynamic_rcnn_hook(trainer)  # before resume: the checkpoint restores its state
     else:
         logger.info("The model has no DynamicROIHeads: a plain detectron2 run.")
@@ -93,20 +93,33 @@ def do_train(args, cfg):
     return trainer
 
 
+def _names(cfg, part: str) -> list:
+    """The dataset names of ``cfg.dataloader[part]``, as a list ([] when it has none)."""
+    names = cfg.dataloader[part].dataset.get("names", ()) if part in cfg.dataloader else ()
+    return [names] if isinstance(names, str) else list(names)
+
+
 def checked_config(args):
     """
-    The LazyConfig with its overrides, its datasets checked (registered, files present) and
-    ``train.device`` moved to the CPU when no GPU is visible; the model is checked when built.
-    Returns (cfg, whether the device fell back).
+    The LazyConfig with its overrides, its datasets checked (registered, files present),
+    ``train.device`` moved to the CPU when no GPU is visible, AMP only on a GPU and an output
+    folder that can be written; the model is checked when built. Returns (cfg, whether the device
+    fell back).
     """
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     for part in ("train", "test"):
-        names = cfg.dataloader[part].dataset.get("names", ()) if part in cfg.dataloader else ()
         if part == "test" or not args.eval_only:
-            check_datasets([names] if isinstance(names, str) else list(names), f"dataloader.{part}.dataset.names")
+            check_datasets(_names(cfg, part), f"dataloader.{part}.dataset.names")
     fallback = str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available()
     if fallback:
         cfg.train.device = "cpu"
+    if cfg.train.amp.enabled and not args.eval_only and not str(cfg.train.device).startswith("cuda"):
+        # detectron2's AMPTrainer would assert at the first step.
+        unseen = "" if torch.cuda.is_available() else " (no GPU is visible)"
+        raise ValueError(f"train.amp.enabled is True, but train.device is {cfg.train.device}{unseen}: detectron2's "
+                         "AMPTrainer (mixed precision) trains on a GPU only. Set train.amp.enabled=False to train "
+                         "on the CPU")
+    check_output_dir(cfg.train.output_dir, "train.output_dir")
     return cfg, fallback
 
 
@@ -135,4 +148,4 @@ if __name__ == "__main__":
     parser = default_argument_parser()
     args = parser.parse_args()
     check_overrides(parser, args)
-    launch_checked(main, args, checked_config)
+    launch_checked(main, args, checked_config, output_dir=lambda checked: checked[0].train.output_dir)

@@ -8,12 +8,14 @@ keys and Trainer (DefaultTrainer + DynamicRCNNHook + COCO-style evaluation with 
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --train-json a.json --train-images imgs/ --test-json ...
 """
+import logging
 import os
 import sys
 import warnings
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
+import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
@@ -26,9 +28,11 @@ from dynamic_rcnn.checkpoint import (  # noqa: E402
     checkpoint_to_load,
     load_model_weights,
 )
-from dynamic_rcnn.cli import check_overrides, launch_checked  # noqa: E402
+from dynamic_rcnn.cli import check_output_dir, check_overrides, launch_checked  # noqa: E402
 from dynamic_rcnn.config import load_config  # noqa: E402
 from dynamic_rcnn.data import check_datasets, register_from_args  # noqa: E402
+
+logger = logging.getLogger("dynamic_rcnn.train_net")
 
 
 def check_eval_only(args, cfg: CfgNode):
@@ -43,25 +47,40 @@ def check_eval_only(args, cfg: CfgNode):
                  "to the command (or --resume with an OUTPUT_DIR that has a last_checkpoint)")
 
 
+def check_amp(cfg: CfgNode):
+    """detectron2's AMPTrainer trains on a GPU only: on the CPU it would assert at the first step."""
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        unseen = "" if torch.cuda.is_available() else " (no GPU is visible)"
+        raise ValueError(f"SOLVER.AMP.ENABLED is True, but the model is on {cfg.MODEL.DEVICE}{unseen}: detectron2's "
+                         "AMPTrainer (mixed precision) trains on a GPU only. Set SOLVER.AMP.ENABLED False to train "
+                         "on the CPU")
+
+
 def checked_config(args):
     """
     The run's config with every start-up check done (config values, options, datasets and their
-    files, --eval-only weights): a problem ends the run before anything is built or written.
+    files, --eval-only weights, AMP on a GPU, an OUTPUT_DIR that can be written): a problem ends
+    the run before anything is built or written. Returns (cfg, the note of --train-json on
+    MODEL.ROI_HEADS.NUM_CLASSES or None), the note for the log once it is set up.
     """
     cfg = load_config(args.config_file, args.opts)
-    register_from_args(args, cfg)
+    note = register_from_args(args, cfg)
     if not args.eval_only:
         check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        check_amp(cfg)
     check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
     check_eval_only(args, cfg)
-    return cfg
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    return cfg, note
 
 
 def setup(args):
-    cfg = checked_config(args)
+    cfg, note = checked_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
+    if note:
+        logger.info(note)
     return cfg
 
 
@@ -101,4 +120,4 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    launch_checked(main, args, checked_config)
+    launch_checked(main, args, checked_config, output_dir=lambda checked: checked[0].OUTPUT_DIR)

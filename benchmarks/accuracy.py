@@ -44,6 +44,8 @@ CONFIGS = {
         "dynamic": f"configs/{data}/dynamic_rcnn_R_18_FPN_{data}.yaml",
         "stock": f"configs/{data}/faster_rcnn_R_18_FPN_{data}.yaml",
         "authors": f"configs/{data}/faster_rcnn_R_18_FPN_{data}_authors.yaml",
+        "cascade": f"configs/{data}/cascade_rcnn_R_18_FPN_{data}.yaml",
+        "dynamic_cascade": f"configs/{data}/dynamic_cascade_rcnn_R_18_FPN_{data}.yaml",
     }
     for data in ("shapes", "bccd")
 }
@@ -78,6 +80,22 @@ VARIANTS = {
     # Dynamic Label Assignment alone on the stock model: its L1 box loss (beta 0) and NMS 0.7.
     "dla_l1_nms70": ("dynamic", PAPER + NO_GT_KE20 + NMS70 + [_D + "ENABLE_DSL", "False", _D + "WARMUP_BETA", "0.0"]),
 }
+# Dynamic Cascade R-CNN with the defaults of docs/CASCADE.md sized to these configs (K_I 7.5 % of the 300
+# proposals, then of the 128 sampled boxes; K_E 10; floors at Cascade's IoUs; beta from 1.0), every key stated.
+CASCADE_DEFAULTS = [_D + "UPDATE_PERIOD", "20", _D + "STATS_INCLUDE_GT", "True", _D + "CASCADE.IOU_TOPK", "[22, 10, 10]",
+                    _D + "CASCADE.BETA_TOPK", "[10, 10, 10]", _D + "CASCADE.WARMUP_IOU", "[0.5, 0.6, 0.7]",
+                    _D + "CASCADE.WARMUP_BETA", "[1.0, 1.0, 1.0]", _D + "CASCADE.ENABLE_DLA", "[True, True, True]",
+                    _D + "CASCADE.ENABLE_DSL", "[True, True, True]"]
+VARIANTS.update({
+    # detectron2's stock Cascade R-CNN (L1 box loss, IoUs 0.5 / 0.6 / 0.7, RPN NMS 0.7).
+    "baseline_cascade": ("cascade", []),
+    "dynamic_cascade": ("dynamic_cascade", CASCADE_DEFAULTS),
+    # DLA only, detectron2's L1 box loss kept.
+    "dynamic_cascade_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + [
+        _D + "CASCADE.ENABLE_DSL", "[False, False, False]", _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]),
+    # Floors a stage lower, as the single head's warm-up below the fixed threshold (0.4 for 0.5).
+    "dynamic_cascade_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [_D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
+})
 REFERENCE = "baseline_d2"
 # Two-sided 95 % Student t quantiles by degrees of freedom, for the paired differences.
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
@@ -122,14 +140,15 @@ def record_run(path, key, command, threads, wall, peak_rss_mb):
     curves = {k: v for k, v in series.items() if "dynamic_rcnn/" in k or k.endswith("num_fg_samples")}
     final = {name: curves[f"dynamic_rcnn/{name}"][-1][1] for name in ("iou_threshold", "beta")
              if f"dynamic_rcnn/{name}" in curves}
+    stages = {k: v[-1][1] for k, v in curves.items() if k.startswith("stage") and k.endswith(("/iou_threshold", "/beta"))}
     fg = curves.get("roi_head/num_fg_samples")
     dataset, variant, seed, schedule = key
     return {
         "dataset": dataset, "variant": variant, "seed": seed, "schedule": schedule, "test_set": test_set,
         **{c: results["bbox"].get(c) for c in KEPT},
-        "iou_threshold": final.get("iou_threshold"), "beta": final.get("beta"),
+        "iou_threshold": final.get("iou_threshold"), "beta": final.get("beta"), "stages_final": stages,
         "num_fg": statistics.fmean(v for _, v in fg) if fg else None,
-        "iterations": max(it for values in series.values() for it, _ in values) + 1,
+        "iterations": max(it for it, _ in series["total_loss"]) + 1 if "total_loss" in series else None,
         "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_rss_mb, 1), "threads": threads,
         "machine": _machine(), "commit": _commit(), "command": command,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "curves": curves,
@@ -250,8 +269,34 @@ def table(rows):
              "| wall min | threads |", "|" + "---|" * (len(COLUMNS) + 8)]
     for (dataset, variant, seed, schedule), r in rows:
         lines.append(f"| {dataset} | {_name(variant, schedule)} | {seed} | " + " | ".join(fmt(r[c]) for c in COLUMNS)
-                     + f" | {fmt(r.get('iou_threshold'), 3)} | {fmt(r.get('beta'), 3)} | {fmt(r.get('num_fg'))}"
+                     + f" | {_final(r, 'iou_threshold')} | {_final(r, 'beta')} | {fmt(r.get('num_fg'))}"
                      + f" | {fmt(r['wall_seconds'] / 60)} | {r.get('threads') or '-'} |")
+    return "\n".join(lines)
+
+
+def _stage_values(r, name):
+    """A cascade run's final ``name`` of every stage, in stage order ([] for a single head)."""
+    stages = r.get("stages_final") or {}
+    return [v for _, v in sorted((int(k.split("/")[0][5:]), v) for k, v in stages.items() if k.endswith("/" + name))]
+
+
+def _final(r, name):
+    """The final value of a single head, ``a/b/c`` for a cascade's stages, ``-`` for a baseline."""
+    if r.get(name) is not None:
+        return fmt(r[name], 3)
+    return "/".join(fmt(v, 2) for v in _stage_values(r, name)) or "-"
+
+
+def stage_order(rows):
+    """How many Dynamic Cascade runs end with a stage's threshold at or below the stage's before it (a finding)."""
+    runs = [(k, _stage_values(r, "iou_threshold")) for k, r in rows]
+    runs = [(k, t) for k, t in runs if len(t) > 1]
+    if not runs:
+        return ""
+    below = [(k, t) for k, t in runs if any(b <= a for a, b in zip(t, t[1:]))]
+    lines = [f"Dynamic Cascade runs that end with a stage's IoU threshold at or below the stage's before it: "
+             f"{len(below)} of {len(runs)}."]
+    lines += [f"- {d} {_name(v, x)} seed {s}: " + " / ".join(f"{x:.3f}" for x in t) for (d, v, s, x), t in below]
     return "\n".join(lines)
 
 
@@ -317,20 +362,27 @@ def _picks(its, points):
     return sorted({its[round(i * (len(its) - 1) / (points - 1))] for i in range(points)})
 
 
+def _threshold_keys(curves):
+    """The curves of the threshold in force: ``dynamic_rcnn/iou_threshold``, or one a cascade stage."""
+    return sorted(k for k in curves if k.endswith("dynamic_rcnn/iou_threshold"))
+
+
 def trajectory_table(rows, points=6):
-    """IoU threshold / beta of every run that logged them, at ``points`` iterations spread evenly."""
+    """IoU threshold / beta of every run (every stage of a cascade) that logged them, at ``points`` iterations."""
     lines = []
     for dataset in dict.fromkeys(k[0] for k, _ in rows):
-        runs = [(_name(v, x), s, r["curves"]) for (d, v, s, x), r in rows
-                if d == dataset and "dynamic_rcnn/iou_threshold" in r["curves"]]
+        runs = [(_name(v, x), s, r["curves"]) for (d, v, s, x), r in rows if d == dataset and _threshold_keys(r["curves"])]
         if not runs:
             continue
-        picks = _picks([it for it, _ in runs[0][2]["dynamic_rcnn/iou_threshold"]], points)
+        picks = _picks([it for it, _ in runs[0][2][_threshold_keys(runs[0][2])[0]]], points)
         lines += [f"**{dataset}**: IoU threshold / beta at iteration", "",
                   "| variant | seed | " + " | ".join(str(it + 1) for it in picks) + " |", "|" + "---|" * (len(picks) + 2)]
         for variant, seed, curves in runs:
-            t, b = dict(curves["dynamic_rcnn/iou_threshold"]), dict(curves.get("dynamic_rcnn/beta", []))
-            lines.append(f"| {variant} | {seed} | " + " | ".join(f"{fmt(t.get(it), 2)} / {fmt(b.get(it), 2)}" for it in picks) + " |")
+            for key in _threshold_keys(curves):
+                stage = key.split("/")[0] if key.startswith("stage") else ""
+                t, b = dict(curves[key]), dict(curves.get(key.replace("iou_threshold", "beta"), []))
+                lines.append(f"| {variant}{' ' + stage if stage else ''} | {seed} | "
+                             + " | ".join(f"{fmt(t.get(it), 2)} / {fmt(b.get(it), 2)}" for it in picks) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -371,7 +423,8 @@ def report(rows, reference=REFERENCE):
     for schedule in sorted({k[3] for k, _ in rows}):
         some = [(k, r) for k, r in rows if k[3] == schedule]
         parts += [f"### Schedule x{schedule}"] + [part for part in (
-            seed_table(some), paired_table(some, reference), table(some), positives_table(some), trajectory_table(some))
+            seed_table(some), paired_table(some, reference), table(some), stage_order(some), positives_table(some),
+            trajectory_table(some))
             if part]
     return "\n\n".join(parts)
 

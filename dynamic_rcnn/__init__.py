@@ -22,6 +22,7 @@ except ModuleNotFoundError as _e:
 from . import data
 from .config import add_dynamic_rcnn_config, validate_dynamic_rcnn_config
 from .hook import DynamicRCNNHook, DynamicRCNNMetricPrinter, add_dynamic_rcnn_hook
+from .cascade import DynamicCascadeROIHeads
 from .roi_heads import DynamicROIHeads
 from .tracker import DynamicTracker
 from .trainer import Trainer
@@ -30,6 +31,7 @@ __all__ = [
     "add_dynamic_rcnn_config",
     "validate_dynamic_rcnn_config",
     "DynamicROIHeads",
+    "DynamicCascadeROIHeads",
     "DynamicRCNNHook",
     "DynamicRCNNMetricPrinter",
     "add_dynamic_rcnn_hook",

@@ -1,14 +1,19 @@
 """
-Loading checkpoints with failures that say what is wrong, with which file, and how to fix it.
+Loading checkpoints with failures that say what is wrong, with which file, and how to fix it, and
+saving them so that a save cut short never leaves a cut file under a checkpoint's name.
 
 detectron2's ``DetectionCheckpointer`` does the loading; this module only looks at what went
-wrong: a corrupt file, an empty or dangling ``OUTPUT_DIR/last_checkpoint``, or (for a strict load,
-:func:`load_model_weights`) weights that do not fit the model, which detectron2 only logs.
+wrong: a corrupt file, an empty or dangling ``OUTPUT_DIR/last_checkpoint``, a resume into a model
+of another architecture, or (for a strict load, :func:`load_model_weights`) weights that do not fit
+the model, which detectron2 only logs.
 """
+import contextlib
+import logging
 import os
 import zipfile
 from typing import Optional
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 try:
@@ -20,12 +25,15 @@ except ImportError:  # a private name: without it, no model of this project shar
         return keys
 
 __all__ = [
+    "AtomicCheckpointer",
     "CheckpointError",
     "checkpoint_to_load",
     "describe_unreadable",
     "load_checkpoint",
     "load_model_weights",
 ]
+
+logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"  # the tag file fvcore's Checkpointer keeps in OUTPUT_DIR
 MAX_LISTED = 10  # names listed in an error; the rest are counted
@@ -49,6 +57,14 @@ def _listed(names) -> str:
     names = list(names)
     more = len(names) - MAX_LISTED
     return ", ".join(names[:MAX_LISTED]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _shape(name: str, checkpoint_shape, model_shape) -> str:
+    return f"{name} (checkpoint {tuple(checkpoint_shape)}, model {tuple(model_shape)})"
+
+
+def _another_shape(shapes) -> str:
+    return f"parameters of another shape ({len(shapes)}): {_listed(shapes)}"
 
 
 def describe_unreadable(path: str, error: BaseException) -> Optional[str]:
@@ -143,24 +159,111 @@ def checkpoint_to_load(checkpointer: DetectionCheckpointer, weights: str, resume
     )
 
 
+def _shapes_differing(model, path: str):
+    """
+    The parameters of the checkpoint ``path`` whose shape differs from ``model``'s, as ``_shape``
+    lists them, read without loading the tensors (mmap); [] when the file cannot be read so (its
+    loading then says what is wrong with it).
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:
+        return []
+    weights = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    ours = model.state_dict()
+    return [
+        _shape(k, v.shape, ours[k].shape)
+        for k, v in (weights.items() if isinstance(weights, dict) else ())
+        if k in ours and hasattr(v, "shape") and tuple(v.shape) != tuple(ours[k].shape)
+    ]
+
+
 def load_checkpoint(checkpointer: DetectionCheckpointer, weights: str, resume: bool):
     """
     ``checkpointer.resume_or_load(weights, resume=resume)`` (detectron2's loading: missing and
     mismatched parameters are only logged), with failures that name the file: a missing, empty,
     truncated or foreign checkpoint, or an empty or dangling ``last_checkpoint`` with ``resume``,
-    raises :class:`CheckpointError` (a ``RuntimeError``). Returns what ``resume_or_load`` returns.
+    raises :class:`CheckpointError` (a ``RuntimeError``). So does a resume from the checkpoint
+    ``last_checkpoint`` names whose parameters have other shapes than the model's (another
+    architecture or number of classes: its optimizer state would crash the first step), listing
+    them; loading ``weights`` to fine-tune stays lenient. With ``resume``, a ``*.pth.tmp`` left in
+    the folder (a save cut off) is named in a warning. Returns what ``resume_or_load`` returns.
     """
     path = checkpoint_to_load(checkpointer, weights, resume)
+    tag = os.path.join(checkpointer.save_dir, LAST_CHECKPOINT)
+    resuming = resume and checkpointer.has_checkpoint()
+    if resume and os.path.isdir(checkpointer.save_dir):
+        goes_on = f"{path}, which {tag} names" if resuming else f"MODEL.WEIGHTS ({weights or 'empty'})"
+        for name in sorted(n for n in os.listdir(checkpointer.save_dir) if n.endswith(".pth.tmp")):
+            logger.warning("%s: a checkpoint whose save was cut off (the run was stopped while writing it), not "
+                           "used: the run goes on from %s. Delete it to free the space",
+                           os.path.join(checkpointer.save_dir, name), goes_on)
+    if resuming:
+        shapes = _shapes_differing(checkpointer.model, path)
+        if shapes:
+            raise CheckpointError(
+                path,
+                f"--resume goes on from this checkpoint ({tag} names it), but its weights do not fit the model "
+                f"(another architecture or number of classes?): {_another_shape(shapes)}. Resume with the config "
+                f"it was trained with, or start in another OUTPUT_DIR (MODEL.WEIGHTS {path} fine-tunes from it)",
+                prefix="Cannot resume from",
+            )
     try:
         return checkpointer.resume_or_load(weights, resume=resume)
     except Exception as e:
         if path != weights:
-            tag = os.path.join(checkpointer.save_dir, LAST_CHECKPOINT)
             hint = (f"The file is named by {tag} (--resume): write another checkpoint's name there, "
                     "or delete it to start from MODEL.WEIGHTS.")
         else:
             hint = WEIGHTS_HINT
         raise _load_failure(path, e, hint) from e
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """
+    ``DetectionCheckpointer`` whose saves never leave a cut file under a checkpoint's name (a run
+    killed or out of disk space while saving): ``save`` writes ``NAME.pth.tmp``, then renames it to
+    ``NAME.pth`` (``os.replace``: atomic), and ``last_checkpoint`` likewise; a failed save removes
+    its temporary, and an OSError (a full disk) raises :class:`CheckpointError` naming the file and
+    the cause. Built with ``DetectionCheckpointer``'s arguments; remote folders (``://``) are saved
+    by detectron2's own code.
+    """
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk or "://" in self.save_dir:
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", path)
+        self._write(path, "wb", lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if "://" in self.save_dir:
+            return super().tag_last_checkpoint(last_filename_basename)
+        self._write(os.path.join(self.save_dir, LAST_CHECKPOINT), "w", lambda f: f.write(last_filename_basename))
+
+    def _write(self, path: str, mode: str, write) -> None:
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, mode) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename: a power cut leaves no empty file either
+            os.replace(tmp, path)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            if not isinstance(e, OSError):
+                raise
+            raise CheckpointError(
+                path,
+                f"{e}. Nothing was written under its name: make room in {self.save_dir} (or give another "
+                "OUTPUT_DIR), then go on with --resume from the last checkpoint written",
+                prefix="Cannot save",
+            ) from e
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -205,14 +308,14 @@ def load_model_weights(model, path: str):
     incompatible = checkpointer.incompatible
     if incompatible is None:  # fvcore logs nothing when _load_model reports nothing: nothing to check
         return extra
-    shapes = [f"{k} (checkpoint {tuple(c)}, model {tuple(m)})" for k, c, m in incompatible.incorrect_shapes]
+    shapes = [_shape(k, c, m) for k, c, m in incompatible.incorrect_shapes]
     # fvcore drops a mismatched parameter from the checkpoint, so it comes back as missing too.
     mismatched = {k for k, _, _ in incompatible.incorrect_shapes}
     missing = _filter_reused_missing_keys(model, list(incompatible.missing_keys))
     missing = sorted(k for k in missing if k not in mismatched)
     problems = []
     if shapes:
-        problems.append(f"parameters of another shape ({len(shapes)}): {_listed(shapes)}")
+        problems.append(_another_shape(shapes))
     if missing:
         problems.append(
             f"parameters of the model missing from the checkpoint ({len(missing)}): {_listed(missing)}"

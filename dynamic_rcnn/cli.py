@@ -1,14 +1,22 @@
 """What the project's scripts (train_net.py, lazy_train_net.py, demo.py) share: the command-line check,
-and detectron2's ``launch`` with the project's errors printed as one line."""
+the start-up check of the output folder, and detectron2's ``launch`` with the project's errors, and a
+failed process of several, printed as one line."""
+import logging
+import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from detectron2.engine import launch
+from detectron2.utils import comm
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .data import DatasetError
 
-__all__ = ["check_overrides", "launch_checked"]
+__all__ = ["check_overrides", "check_output_dir", "launch_checked"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_overrides(parser, args):
@@ -25,26 +33,71 @@ def check_overrides(parser, args):
                          f"the first override, {args.opts[0]}")
 
 
-def launch_checked(main: Callable, args, checked_config: Callable) -> None:
+def check_output_dir(path: str, key: str) -> None:
+    """
+    The output folder ``path`` (the config's ``key``) exists as a folder this user can write in, or
+    can be created: else raise NotADirectoryError / PermissionError naming it and what is in the way.
+    Nothing is created: a run refused later at start-up leaves nothing behind.
+    """
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    verb = "written" if existing == os.path.abspath(path) else "created"
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{key} {path} cannot be {verb}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{key} {path} cannot be {verb}: this user cannot write in {existing} (its "
+                              "permissions, or a read-only file system)")
+
+
+def _main_logging_failure(main: Callable, args):
+    # In a process of several, torch hands the parent only the error's text: its traceback goes to
+    # the process's own log (detectron2's log.txt, log.txt.rankK), which the parent's line names.
+    try:
+        return main(args)
+    except Exception:
+        if comm.get_world_size() > 1:
+            logger.exception("Process of rank %d failed:", comm.get_rank())
+        raise
+
+
+def _log_file(output_dir: Optional[str], rank: int) -> str:
+    """Where detectron2's ``setup_logger`` writes the log of process ``rank``."""
+    name = "log.txt" + (f".rank{rank}" if rank else "")
+    return os.path.join(output_dir, name) if output_dir else name
+
+
+def launch_checked(main: Callable, args, checked_config: Callable, output_dir: Optional[Callable] = None) -> None:
     """
     ``checked_config(args)`` (a script's start-up checks) in this process, then detectron2's
     ``launch(main, ...)`` with the parallelism of ``args``. A problem those checks find ends the run
     here, before launch starts one process per GPU, as one ``error: ...`` line; so does a bad
-    Dynamic R-CNN value or checkpoint found later in a single process. Their messages say what is
-    wrong, where and how to fix it: a traceback would add nothing.
+    Dynamic R-CNN value, checkpoint or training set found later in a single process. Their
+    messages say what is wrong, where and how to fix it: a traceback would add nothing. A process
+    of several that fails ends the run as one line too: which process, the last line of its error,
+    and its log (``output_dir(checked_config(args))``, the run's output folder), which holds the
+    traceback.
     """
     try:
-        checked_config(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+        checked = checked_config(args)
+    except (ValueError, KeyError, OSError) as e:
         sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
     try:
         launch(
-            main,
+            _main_logging_failure,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args,),
+            args=(main, args),
         )
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, DatasetError) as e:
         sys.exit(f"error: {e}")
+    except (ProcessRaisedException, ProcessExitedException) as e:
+        rank = args.machine_rank * args.num_gpus + e.error_index
+        log = _log_file(output_dir(checked) if output_dir else None, rank)
+        which = f"process {e.error_index} (rank {rank})"
+        if isinstance(e, ProcessRaisedException):
+            sys.exit(f"error: {which} failed: {e.msg.strip().splitlines()[-1]}; the traceback is in {log}")
+        how = f"was killed by {e.signal_name} (out of memory?)" if e.signal_name else f"exited with code {e.exit_code}"
+        sys.exit(f"error: {which} {how}; its log is {log}")

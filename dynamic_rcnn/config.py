@@ -2,6 +2,7 @@
 import logging
 import math
 import os
+from typing import Dict, List
 
 import torch
 from detectron2.config import CfgNode as CN
@@ -13,6 +14,7 @@ __all__ = [
     "validate_dynamic_rcnn_config",
     "check_dynamic_rcnn_args",
     "check_box_loss",
+    "cascade_tracker_args",
     "load_config",
     "merge_checked",
 ]
@@ -48,6 +50,23 @@ def add_dynamic_rcnn_config(cfg):
     # than about half of IOU_TOPK they decide the statistics alone: the threshold climbs to the top
     # and beta never moves. False measures the RPN's proposals only.
     _C.MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT = True
+
+    # DynamicCascadeROIHeads (docs/CASCADE.md): one value a stage, as MODEL.ROI_BOX_CASCADE_HEAD.IOUS has
+    # one a stage, or [] for every stage's default. UPDATE_PERIOD and STATS_INCLUDE_GT above are shared.
+    _C.MODEL.DYNAMIC_RCNN.CASCADE = CN()
+    # K_I; []: 7.5 % (the paper's 75 of 1000) of the boxes each stage labels, MODEL.RPN.POST_NMS_TOPK_TRAIN
+    # at stage 0, MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE after it.
+    _C.MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK = []
+    # K_E; []: BETA_TOPK at every stage.
+    _C.MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK = []
+    # Floors of the thresholds; []: the stages' fixed IoUs (MODEL.ROI_BOX_CASCADE_HEAD.IOUS), so that at
+    # the start Dynamic Cascade is the Cascade it extends, and no stage trains below it.
+    _C.MODEL.DYNAMIC_RCNN.CASCADE.WARMUP_IOU = []
+    # Ceilings of beta; []: WARMUP_BETA at every stage.
+    _C.MODEL.DYNAMIC_RCNN.CASCADE.WARMUP_BETA = []
+    # Each stage's switches; []: ENABLE_DLA / ENABLE_DSL at every stage.
+    _C.MODEL.DYNAMIC_RCNN.CASCADE.ENABLE_DLA = []
+    _C.MODEL.DYNAMIC_RCNN.CASCADE.ENABLE_DSL = []
 
 
 class ConfigError(ValueError):
@@ -95,16 +114,18 @@ _REMOVED = {
 }
 
 
-def check_dynamic_rcnn_args(**values) -> None:
+def check_dynamic_rcnn_args(where=None, **values) -> None:
     """
     Check Dynamic R-CNN settings given as constructor arguments (``iou_topk=75, ...``, the names of
     :class:`DynamicTracker`). An argument of an earlier version that was removed is refused with
-    what to use instead.
+    what to use instead. ``where`` names the config key of an argument in the messages when it is
+    not ``MODEL.DYNAMIC_RCNN.KEY`` (a cascade stage's).
 
     Raises:
         ConfigError (a ValueError): naming the config key, the argument and the allowed values.
         TypeError: an argument that never existed.
     """
+    where = where or {}
     for arg, value in values.items():
         if arg in _REMOVED:
             key, instead = _REMOVED[arg]
@@ -113,12 +134,13 @@ def check_dynamic_rcnn_args(**values) -> None:
             raise TypeError(f"unknown Dynamic R-CNN argument `{arg}`; the arguments are {', '.join(_RULES)}")
         key, ok, allowed = _RULES[arg]
         if not ok(value):
-            raise ConfigError(f"MODEL.DYNAMIC_RCNN.{key} = {value!r} is invalid: {allowed} (argument `{arg}`).")
+            raise ConfigError(f"{where.get(arg, 'MODEL.DYNAMIC_RCNN.' + key)} = {value!r} is invalid: {allowed} "
+                              f"(argument `{arg}`).")
     if values.get("enable_dsl") and values.get("warmup_beta") == 0:
         raise ConfigError(
-            "MODEL.DYNAMIC_RCNN.WARMUP_BETA = 0 is invalid with ENABLE_DSL True: DSL lowers beta from WARMUP_BETA, "
-            "its ceiling, and 0 (the L1 loss) leaves it nothing to move. Set WARMUP_BETA > 0, or ENABLE_DSL False "
-            "to train DLA alone with an L1 box loss (argument `warmup_beta`)."
+            f"{where.get('warmup_beta', 'MODEL.DYNAMIC_RCNN.WARMUP_BETA')} = 0 is invalid with DSL on: DSL lowers "
+            "beta from WARMUP_BETA, its ceiling, and 0 (the L1 loss) leaves it nothing to move. Set WARMUP_BETA > 0, "
+            "or switch DSL off (ENABLE_DSL False) to train DLA alone with an L1 box loss (argument `warmup_beta`)."
         )
 
 
@@ -132,10 +154,82 @@ def check_box_loss(enable_dsl: bool, loss_type: str) -> None:
         )
 
 
+_CASCADE_KEYS = {"iou_topk": "IOU_TOPK", "error_topk": "BETA_TOPK", "warmup_iou": "WARMUP_IOU",
+                 "warmup_beta": "WARMUP_BETA", "enable_dla": "ENABLE_DLA", "enable_dsl": "ENABLE_DSL"}
+
+
+def _share(boxes: int) -> int:
+    return max(1, int(round(0.075 * boxes)))
+
+
+def cascade_tracker_args(cfg) -> List[Dict]:
+    """
+    The ``DynamicTracker`` arguments of each stage of ``DynamicCascadeROIHeads``: each stage's value of
+    the ``MODEL.DYNAMIC_RCNN.CASCADE`` lists, or the stage's default when a list is empty (see
+    ``add_dynamic_rcnn_config``), with ``UPDATE_PERIOD`` and ``STATS_INCLUDE_GT`` shared.
+
+    Raises:
+        ConfigError: a list whose length is not the number of stages, or a value out of range; the
+        message names the key, the stage and, for a default, the key it comes from.
+    """
+    d, ious = cfg.MODEL.DYNAMIC_RCNN, list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
+    n = len(ious)
+    defaults = {
+        "iou_topk": ([_share(cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN)] + [_share(cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)] * n)[:n],
+        "error_topk": [d.BETA_TOPK] * n, "warmup_iou": ious, "warmup_beta": [d.WARMUP_BETA] * n,
+        "enable_dla": [d.ENABLE_DLA] * n, "enable_dsl": [d.ENABLE_DSL] * n,
+    }
+    origin = {
+        "iou_topk": ["7.5 % of MODEL.RPN.POST_NMS_TOPK_TRAIN"] + ["7.5 % of MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] * n,
+        "warmup_iou": [f"MODEL.ROI_BOX_CASCADE_HEAD.IOUS[{k}]" for k in range(n)],
+    }
+    stages = [{"update_period": d.UPDATE_PERIOD, "stats_include_gt": d.STATS_INCLUDE_GT} for _ in range(n)]
+    where = [{} for _ in range(n)]
+    for arg, key in _CASCADE_KEYS.items():
+        values = list(d.CASCADE[key])
+        if values and len(values) != n:
+            raise ConfigError(
+                f"MODEL.DYNAMIC_RCNN.CASCADE.{key} has {len(values)} values for the {n} stages of "
+                f"MODEL.ROI_BOX_CASCADE_HEAD.IOUS {tuple(ious)}: give one a stage, or [] for the defaults."
+            )
+        for k in range(n):
+            stages[k][arg] = values[k] if values else defaults[arg][k]
+            if values:
+                where[k][arg] = f"MODEL.DYNAMIC_RCNN.CASCADE.{key}[{k}] (stage {k})"
+            else:
+                source = origin.get(arg, [f"MODEL.DYNAMIC_RCNN.{key}"] * n)[k]
+                where[k][arg] = f"MODEL.DYNAMIC_RCNN.CASCADE.{key} of stage {k} (by default {source})"
+    for k in range(n):
+        check_dynamic_rcnn_args(where=where[k], **stages[k])
+    return stages
+
+
+def check_cascade(cfg) -> None:
+    """What detectron2's ``CascadeROIHeads`` asserts without a message, checked with the key and the fix."""
+    ious, weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS, cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
+    if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
+        raise ConfigError(
+            "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False is invalid with a Cascade head: detectron2's "
+            "CascadeROIHeads regresses class-agnostic boxes only. Set it True."
+        )
+    if len(ious) != len(weights):
+        raise ConfigError(
+            f"MODEL.ROI_BOX_CASCADE_HEAD.IOUS has {len(ious)} stages and BBOX_REG_WEIGHTS {len(weights)}: give "
+            "one box-regression weight tuple a stage."
+        )
+    if not len(ious) or ious[0] != cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]:
+        raise ConfigError(
+            f"MODEL.ROI_HEADS.IOU_THRESHOLDS {list(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS)} must start with the first "
+            f"stage's IoU, MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0] = {ious[0] if len(ious) else None} (detectron2's "
+            "CascadeROIHeads asserts it): set MODEL.ROI_HEADS.IOU_THRESHOLDS to [IOUS[0]]."
+        )
+
+
 def validate_dynamic_rcnn_config(cfg):
     """
     Check the Dynamic R-CNN keys of a config, so that a bad value fails at start-up with a
-    message that names the key and the allowed range, not thousands of iterations later.
+    message that names the key and the allowed range, not thousands of iterations later; for a
+    Cascade head (stock or dynamic) also what detectron2's ``CascadeROIHeads`` asserts.
 
     Raises:
         KeyError: the config has no ``MODEL.DYNAMIC_RCNN`` (``add_dynamic_rcnn_config`` not called).
@@ -149,14 +243,13 @@ def validate_dynamic_rcnn_config(cfg):
     d = cfg.MODEL.DYNAMIC_RCNN
     check_dynamic_rcnn_args(**{arg: d[key] for arg, key in CONFIG_KEYS.items()})
     head = cfg.MODEL.ROI_HEADS.NAME
-    if (d.ENABLE_DLA or d.ENABLE_DSL) and head == "CascadeROIHeads":
-        raise ConfigError(
-            "MODEL.ROI_HEADS.NAME = 'CascadeROIHeads' cannot be combined with Dynamic R-CNN: its "
-            "stages use the fixed thresholds MODEL.ROI_BOX_CASCADE_HEAD.IOUS. Set MODEL.ROI_HEADS.NAME: "
-            "DynamicROIHeads, or MODEL.DYNAMIC_RCNN.ENABLE_DLA: False and ENABLE_DSL: False."
-        )
+    if head in ("CascadeROIHeads", "DynamicCascadeROIHeads"):
+        check_cascade(cfg)
     if head == "DynamicROIHeads":
         check_box_loss(d.ENABLE_DSL, cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE)
+    if head == "DynamicCascadeROIHeads":
+        for stage in cascade_tracker_args(cfg):
+            check_box_loss(stage["enable_dsl"], cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE)
 
 
 def merge_checked(merge, source: str, *args) -> None:

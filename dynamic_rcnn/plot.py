@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Dict, List, Tuple
 
-__all__ = ["read_metrics", "update_steps", "read_update_period", "plot_dynamics", "plot_losses", "main"]
+__all__ = ["read_metrics", "read_metrics_counted", "update_steps", "read_update_period", "plot_dynamics",
+           "plot_losses", "main"]
 
 Series = Dict[str, List[Tuple[int, float]]]
 
@@ -21,14 +22,24 @@ Series = Dict[str, List[Tuple[int, float]]]
 def read_metrics(path: str) -> Series:
     """
     ``{scalar name: [(iteration, value), ...]}`` from a ``metrics.json`` (one JSON object a line).
-    A resumed run writes some iterations twice: the last value wins. Unreadable lines are skipped.
+    A resumed run writes some iterations twice: the last value wins. Unreadable lines are skipped
+    (:func:`read_metrics_counted` also says how many).
     """
+    return read_metrics_counted(path)[0]
+
+
+def read_metrics_counted(path: str) -> Tuple[Series, int]:
+    """:func:`read_metrics`'s series, and the number of lines it skipped as unreadable (not JSON)."""
     by_iter: Dict[str, Dict[int, float]] = {}
+    skipped = 0
     with open(path) as f:
         for line in f:
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                skipped += 1
                 continue
             it = row.get("iteration")
             if not isinstance(it, int):
@@ -36,7 +47,7 @@ def read_metrics(path: str) -> Series:
             for key, value in row.items():
                 if key != "iteration" and isinstance(value, (int, float)):
                     by_iter.setdefault(key, {})[it] = float(value)
-    return {k: sorted(v.items()) for k, v in by_iter.items()}
+    return {k: sorted(v.items()) for k, v in by_iter.items()}, skipped
 
 
 def read_update_period(run_dir: str):
@@ -144,7 +155,10 @@ def main(argv=None) -> int:
     if not os.path.isfile(metrics):
         print(f"error: {metrics} does not exist: give the OUTPUT_DIR of a training run", file=sys.stderr)
         return 2
-    series = read_metrics(metrics)
+    series, skipped = read_metrics_counted(metrics)
+    if skipped:
+        print(f"note: skipped {skipped} unreadable line{'s' if skipped > 1 else ''} of {metrics} "
+              "(a run cut off while writing?)")
     out = args.out or args.run_dir
     os.makedirs(out, exist_ok=True)
     period = args.update_period or read_update_period(args.run_dir)

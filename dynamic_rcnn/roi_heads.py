@@ -6,12 +6,13 @@ from detectron2.config import configurable
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
 
 from .config import CONFIG_KEYS, check_box_loss, check_dynamic_rcnn_args, validate_dynamic_rcnn_config
 from .statistics import box_errors, error_statistic, iou_statistic
-from .tracker import DynamicTracker
+from .tracker import DynamicTracker, scalar_name
 
-__all__ = ["DynamicROIHeads", "DynamicMatcher"]
+__all__ = ["DynamicROIHeads", "DynamicMatcher", "record_statistics"]
 
 
 class DynamicMatcher(Matcher):
@@ -57,6 +58,7 @@ class DynamicROIHeads(StandardROIHeads):
     # only: scripting then compiles only the branches the model has (no mask_pooler without masks).
     mask_on: torch.jit.Final[bool]
     keypoint_on: torch.jit.Final[bool]
+    __jit_unused_properties__ = ["trackers"]  # training only
 
     @configurable
     def __init__(self, *, tracker: DynamicTracker, **kwargs):
@@ -93,6 +95,11 @@ class DynamicROIHeads(StandardROIHeads):
         ret["proposal_matcher"] = DynamicMatcher(d.WARMUP_IOU)
         return ret
 
+    @property
+    def trackers(self) -> List[DynamicTracker]:
+        """[the tracker]: the head's trackers in stage order, as ``DynamicCascadeROIHeads`` has one a stage."""
+        return [self.tracker]
+
     def _apply_tracker_values(self):
         # The tracker is the only owner of T and beta; the matcher and the box loss take them
         # from it right before each use, so an update or a loaded checkpoint is never missed.
@@ -121,24 +128,40 @@ class DynamicROIHeads(StandardROIHeads):
                 "the statistics need one call per image, as StandardROIHeads makes them."
             )
         # The matcher saw the RPN's proposals, then the ground-truth boxes when they are appended.
-        # Those count IoU 1 (the matcher's value) and error 0 (their target is themselves) when
-        # STATS_INCLUDE_GT; the errors are computed for the proposals only, whose boxes are never empty.
         with_gt = self.proposal_append_gt and self.tracker.stats_include_gt
-        ious, proposal_boxes, gt_boxes, num_gt = [], [], [], []
+        ious, sources, matched, appended = [], [], [], []
         for p, t, r in zip(proposals, targets, records):
             if r is None or len(t) == 0 or (len(p) == 0 and not with_gt):
                 continue
             n = len(p)
             ious.append(r[0] if with_gt else r[0][:n])
-            proposal_boxes.append(p.proposal_boxes.tensor)
-            gt_boxes.append(t.gt_boxes.tensor[r[1][:n]])
-            num_gt.append(len(t) if with_gt else 0)
-        if not ious:
-            return
-        errors = box_errors(torch.cat(proposal_boxes), torch.cat(gt_boxes), self.box_predictor.box2box_transform)
-        errors = errors.split([len(p) for p in proposal_boxes])
-        if with_gt:
-            errors = [torch.cat([e, e.new_zeros(m)]) for e, m in zip(errors, num_gt)]
-        stats = torch.stack([iou_statistic(ious, self.tracker.iou_topk), error_statistic(errors, self.tracker.error_topk)])
-        # The sampling just before synchronised the device: reading two numbers is cheap here.
-        self.tracker.record(*stats.tolist())
+            sources.append(p.proposal_boxes.tensor)
+            matched.append(t.gt_boxes.tensor[r[1][:n]])
+            appended.append(len(t) if with_gt else 0)
+        record_statistics(self.tracker, ious, sources, matched, appended, self.box_predictor.box2box_transform)
+
+
+def record_statistics(tracker: DynamicTracker, ious, sources, matched, appended, box2box_transform) -> None:
+    """
+    Record one iteration's statistics into ``tracker``, per image that has ground truth and boxes:
+
+    - ``ious``: the largest IoU of every counted box with a ground-truth box (the matcher's values);
+    - ``sources``, ``matched``: the counted boxes whose errors are computed (Nx4) and the ground-truth
+      box each matched best; they are the first N of ``ious``;
+    - ``appended``: how many appended ground-truth boxes follow them in ``ious``. They count error 0
+      (their target is themselves): written, not computed, so that a degenerate box a custom mapper
+      let through cannot divide by its zero width. Boxes of the RPN or of a cascade stage are never empty.
+
+    Also writes ``dynamic_rcnn/proposal_fg`` (under the tracker's scope): the counted boxes an image at or
+    above the threshold in force, appended ground truth left out, which the hook watches.
+    """
+    if not ious:
+        return
+    errors = box_errors(torch.cat(sources), torch.cat(matched), box2box_transform).split([len(b) for b in sources])
+    errors = [torch.cat([e, e.new_zeros(m)]) if m else e for e, m in zip(errors, appended)]
+    fg = torch.stack([(v[: len(b)] >= tracker.iou_threshold).sum() for v, b in zip(ious, sources)]).float().mean()
+    stats = torch.stack([iou_statistic(ious, tracker.iou_topk), error_statistic(errors, tracker.error_topk), fg])
+    # The matching just before synchronised the device: reading three numbers is cheap here.
+    iou_stat, error_stat, fg = stats.tolist()
+    tracker.record(iou_stat, error_stat)
+    get_event_storage().put_scalar(scalar_name(tracker, "proposal_fg"), fg, smoothing_hint=False)

@@ -1,13 +1,13 @@
 """The one home of Dynamic R-CNN's state: the values in force and the window in progress."""
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.utils import comm
 
 from .config import CONFIG_KEYS, check_dynamic_rcnn_args
 from .statistics import updated_beta, updated_iou_threshold
 
-__all__ = ["DynamicTracker"]
+__all__ = ["DynamicTracker", "commit", "scalar_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +19,12 @@ _WINDOW_SETTINGS = ("iou_topk", "error_topk", "update_period", "stats_include_gt
 class DynamicTracker:
     """
     Owns the Dynamic R-CNN settings, the IoU threshold and the SmoothL1 beta in force, and the
-    window of statistics recorded since the last update. ``DynamicROIHeads`` reads the values from
-    it and records each iteration's statistics into it; :class:`DynamicRCNNHook` commits them to
-    the window after every iteration and calls :meth:`update` every ``update_period`` iterations.
+    window of statistics recorded since the last update (one tracker a stage in a cascade).
+    ``DynamicROIHeads`` reads the values from it and records each iteration's statistics into it;
+    :class:`DynamicRCNNHook` commits them to the window after every iteration and calls
+    :meth:`update` every ``update_period`` iterations.
 
-    With several processes, :meth:`commit` gathers every process's statistics of the iteration, so
+    With several processes, :func:`commit` gathers every process's statistics of the iteration, so
     the window, hence every update, is the same in all processes, and the main process's checkpoint
     holds the whole window. The state (:meth:`state_dict`) is plain Python data that the hook saves
     in the trainer's part of every detectron2 checkpoint: the model's own ``state_dict`` is exactly
@@ -66,6 +67,10 @@ class DynamicTracker:
         self.enable_dsl = enable_dsl
         self.stats_include_gt = stats_include_gt
 
+        # Where the hook writes this tracker's scalars: "" for DynamicROIHeads' one tracker,
+        # "stage{k}" (detectron2's naming) for a cascade's stage k, set by the head.
+        self.scope = ""
+
         self.iou_threshold = self.warmup_iou
         self.beta = self.warmup_beta
         self._window: List[Tuple[float, float]] = []
@@ -100,24 +105,8 @@ class DynamicTracker:
         self._pending = (float(iou_stat), float(error_stat))
 
     def commit(self) -> Optional[Tuple[float, float]]:
-        """
-        Move the statistics recorded since the last commit, from every process, into the window.
-        With several processes every process must call it (it is a collective).
-
-        Returns:
-            the committed (IoU statistic, error statistic), averaged over the processes that
-            recorded; None if none did.
-        """
-        pending, self._pending, self._uncommitted = self._pending, None, 0
-        if comm.get_world_size() > 1:
-            rows = [r for r in comm.all_gather(pending) if r is not None]
-        else:
-            rows = [pending] if pending is not None else []
-        if not rows:
-            return None
-        self._window.extend(rows)
-        n = len(rows)
-        return sum(r[0] for r in rows) / n, sum(r[1] for r in rows) / n
+        """:func:`commit` of this tracker alone (a collective with several processes)."""
+        return commit([self])[0]
 
     def update(self) -> int:
         """
@@ -197,5 +186,33 @@ class DynamicTracker:
         return (
             f"DynamicTracker(iou_threshold={self.iou_threshold:.4f}, beta={self.beta:.4f}, "
             f"window={len(self._window)}, update_period={self.update_period}, "
-            f"dla={self.enable_dla}, dsl={self.enable_dsl})"
+            f"dla={self.enable_dla}, dsl={self.enable_dsl}{', ' + self.scope if self.scope else ''})"
         )
+
+
+def commit(trackers: Sequence[DynamicTracker]) -> List[Optional[Tuple[float, float]]]:
+    """
+    Move the statistics each tracker recorded since the last commit, from every process, into its
+    window: one gather for all the trackers (a model's stages), so every process holds the same
+    windows. With several processes every process must call it (it is a collective).
+
+    Returns:
+        per tracker, the committed (IoU statistic, error statistic) averaged over the processes
+        that recorded, or None if none did.
+    """
+    pending = []
+    for t in trackers:
+        pending.append(t._pending)
+        t._pending, t._uncommitted = None, 0
+    gathered = comm.all_gather(pending) if comm.get_world_size() > 1 else [pending]
+    out = []
+    for i, t in enumerate(trackers):
+        rows = [process[i] for process in gathered if process[i] is not None]
+        t._window.extend(rows)
+        out.append((sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows) / len(rows)) if rows else None)
+    return out
+
+
+def scalar_name(tracker: DynamicTracker, name: str) -> str:
+    """``dynamic_rcnn/NAME``, under detectron2's stage naming for a cascade's stage (``stage1/dynamic_rcnn/NAME``)."""
+    return f"{tracker.scope}/dynamic_rcnn/{name}" if tracker.scope else f"dynamic_rcnn/{name}"

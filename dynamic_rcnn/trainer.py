@@ -12,11 +12,12 @@ from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 
-from .checkpoint import load_checkpoint
+from .checkpoint import AtomicCheckpointer, load_checkpoint
 from .config import validate_dynamic_rcnn_config
+from .data import explain_no_training_data
 from .deform_conv import build_model
 from .evaluation import HighIoUCOCOEvaluator, format_ap_table
-from .hook import DynamicRCNNHook, DynamicRCNNMetricPrinter, find_tracker, hook_position
+from .hook import DynamicRCNNHook, DynamicRCNNMetricPrinter, find_trackers, hook_position
 
 __all__ = ["Trainer", "create_ddp_model"]
 
@@ -69,14 +70,24 @@ class Trainer(DefaultTrainer):
         return model
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this: the same,
+        # saving atomically, for the hooks built here (PeriodicCheckpointer) and for resume.
+        c = self.checkpointer
+        self.checkpointer = AtomicCheckpointer(c.model, c.save_dir, save_to_disk=c.save_to_disk, **c.checkpointables)
         ret = super().build_hooks()
-        if find_tracker(self.model) is not None:
+        if find_trackers(self.model):
             # Before the checkpointer, so that a checkpoint holds the statistics of the iteration
             # it is written at, and before the writers, so that they write them in its row.
             ret.insert(hook_position(ret), DynamicRCNNHook())
         else:
             logger.info("MODEL.ROI_HEADS.NAME = %s: no Dynamic R-CNN (a baseline run).", self.cfg.MODEL.ROI_HEADS.NAME)
         return ret
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's; a training set without a box to train on is a DatasetError that names it."""
+        with explain_no_training_data(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"):
+            return super().build_train_loader(cfg)
 
     def build_writers(self):
         """detectron2's writers, with the console line showing the IoU threshold and beta in force."""

@@ -110,3 +110,82 @@ def test_strict_load_only_warns_about_keys_the_model_lacks(saved, tmp_path, capl
     assert "extra_buffer" in caplog.text
     assert torch.equal(other.state_dict()["roi_heads.box_predictor.cls_score.weight"],
                        model.state_dict()["roi_heads.box_predictor.cls_score.weight"])
+
+
+def test_resume_into_another_architecture_is_refused_naming_the_checkpoint_and_the_parameters(tmp_path):
+    # A run of 7 classes left in OUTPUT_DIR, resumed with the config's 3: fvcore would skip the head's
+    # weights, then the optimizer's state of other shapes would crash the first step.
+    DetectionCheckpointer(build_model(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 7)), save_dir=str(tmp_path)).save(
+        "model_0000004")
+    checkpoint, tag = tmp_path / "model_0000004.pth", tmp_path / "last_checkpoint"
+    model = build_model(tiny_cfg())
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(DetectionCheckpointer(model, save_dir=str(tmp_path)), "", resume=True)
+    assert str(e.value) == (
+        f"Cannot resume from {checkpoint}: --resume goes on from this checkpoint ({tag} names it), but its weights "
+        "do not fit the model (another architecture or number of classes?): parameters of another shape (4): "
+        "roi_heads.box_predictor.cls_score.weight (checkpoint (8, 32), model (4, 32)), "
+        "roi_heads.box_predictor.cls_score.bias (checkpoint (8,), model (4,)), "
+        "roi_heads.box_predictor.bbox_pred.weight (checkpoint (28, 32), model (12, 32)), "
+        "roi_heads.box_predictor.bbox_pred.bias (checkpoint (28,), model (12,)). Resume with the config it was "
+        f"trained with, or start in another OUTPUT_DIR (MODEL.WEIGHTS {checkpoint} fine-tunes from it)")
+    # The same file as MODEL.WEIGHTS, to fine-tune from: detectron2's lenient load, the head left as built.
+    head = model.roi_heads.box_predictor.cls_score.weight.detach().clone()
+    load_checkpoint(DetectionCheckpointer(model, save_dir=str(tmp_path / "new")), str(checkpoint), resume=False)
+    assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, head)
+
+
+def test_a_checkpoint_is_saved_whole_or_not_at_all(saved, tmp_path, monkeypatch):
+    import errno
+
+    from dynamic_rcnn.checkpoint import AtomicCheckpointer
+
+    model, _ = saved
+    checkpointer = AtomicCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_0000004", iteration=4)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000004.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
+    assert torch.load(str(tmp_path / "model_0000004.pth"), weights_only=False)["iteration"] == 4
+
+    def full_disk(data, f, **kwargs):
+        f.write(b"PK\x03\x04 the first part of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as e:
+        checkpointer.save("model_0000009")
+    assert str(e.value) == (
+        f"Cannot save {tmp_path / 'model_0000009.pth'}: [Errno 28] No space left on device. Nothing was written "
+        f"under its name: make room in {tmp_path} (or give another OUTPUT_DIR), then go on with --resume from "
+        "the last checkpoint written")
+    # No cut file under any name; the last checkpoint is still the one --resume finds.
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000004.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
+
+
+def test_resume_says_a_cut_save_left_in_the_output_dir_is_not_used(saved, tmp_path, caplog):
+    model, good = saved
+    shutil.copy(good, tmp_path / "model_0000004.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+    (tmp_path / "model_0000009.pth.tmp").write_bytes(b"PK\x03\x04 cut off by SIGKILL")
+    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+        load_checkpoint(DetectionCheckpointer(model, save_dir=str(tmp_path)), "", resume=True)
+    assert [r.getMessage() for r in caplog.records if r.name == "dynamic_rcnn.checkpoint"] == [
+        f"{tmp_path / 'model_0000009.pth.tmp'}: a checkpoint whose save was cut off (the run was stopped while "
+        f"writing it), not used: the run goes on from {tmp_path / 'model_0000004.pth'}, which "
+        f"{tmp_path / 'last_checkpoint'} names. Delete it to free the space"]
+
+
+def test_the_trainer_saves_with_the_atomic_checkpointer(tmp_path):
+    from detectron2.engine import hooks
+
+    from dynamic_rcnn import Trainer
+    from dynamic_rcnn.checkpoint import AtomicCheckpointer
+
+    trainer = Trainer(tiny_cfg("OUTPUT_DIR", str(tmp_path)))
+    assert type(trainer.checkpointer) is AtomicCheckpointer
+    assert [h.checkpointer for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)] == [
+        trainer.checkpointer]
+    # It saves what detectron2's would: the trainer's state (iteration, optimizer, scheduler, hooks).
+    assert list(trainer.checkpointer.checkpointables) == ["trainer"]
+    assert trainer.checkpointer.model is trainer.model and trainer.checkpointer.save_dir == str(tmp_path)

@@ -35,7 +35,7 @@ def test_switches_must_be_bools(key):
         ("UPDATE_PERIOD", 0, "UPDATE_PERIOD = 0 is invalid"),
         ("WARMUP_IOU", 0.0, r"WARMUP_IOU = 0.0 is invalid: it must lie in the open interval \(0, 1\)"),
         ("WARMUP_IOU", 1.0, "WARMUP_IOU = 1.0 is invalid"),
-        ("WARMUP_BETA", 0.0, "WARMUP_BETA = 0 is invalid with ENABLE_DSL True: DSL lowers beta from WARMUP_BETA"),
+        ("WARMUP_BETA", 0.0, "WARMUP_BETA = 0 is invalid with DSL on: DSL lowers beta from WARMUP_BETA"),
         ("WARMUP_BETA", -1.0, r"WARMUP_BETA = -1.0 is invalid: it must be a finite number >= 0 \(0 is the L1 loss"),
         # 1e999 and YAML's .inf are float('inf'): beta = inf would make loss_box_reg 0 every iteration.
         ("WARMUP_BETA", float("inf"), "WARMUP_BETA = inf is invalid: it must be a finite number >= 0"),
@@ -65,12 +65,20 @@ def test_dsl_with_another_box_loss_fails():
     validate_dynamic_rcnn_config(cfg)
 
 
-def test_cascade_roi_heads_fails():
-    cfg = tiny_cfg("MODEL.ROI_HEADS.NAME", "CascadeROIHeads")
-    with pytest.raises(ValueError, match="CascadeROIHeads"):
-        validate_dynamic_rcnn_config(cfg)
-    cfg.MODEL.DYNAMIC_RCNN.ENABLE_DLA = cfg.MODEL.DYNAMIC_RCNN.ENABLE_DSL = False
-    validate_dynamic_rcnn_config(cfg)
+def test_what_detectron2s_cascade_asserts_is_refused_with_the_key_and_the_fix():
+    for head in ("CascadeROIHeads", "DynamicCascadeROIHeads"):
+        cfg = tiny_cfg("MODEL.ROI_HEADS.NAME", head)
+        with pytest.raises(ValueError, match="CLS_AGNOSTIC_BBOX_REG = False is invalid with a Cascade head.*Set it True"):
+            validate_dynamic_rcnn_config(cfg)
+        cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+        validate_dynamic_rcnn_config(cfg)  # detectron2's IOUS 0.5, 0.6, 0.7 and IOU_THRESHOLDS [0.5]
+        cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = ((10.0, 10.0, 5.0, 5.0),)
+        with pytest.raises(ValueError, match="IOUS has 3 stages and BBOX_REG_WEIGHTS 1"):
+            validate_dynamic_rcnn_config(cfg)
+        cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.4,)
+        with pytest.raises(ValueError, match=r"IOU_THRESHOLDS \[0.5\] must start with .*IOUS\[0\] = 0.4.*set "
+                                             r"MODEL.ROI_HEADS.IOU_THRESHOLDS to \[IOUS\[0\]\]"):
+            validate_dynamic_rcnn_config(cfg)
 
 
 def test_missing_section_says_what_to_call():
@@ -123,7 +131,7 @@ def test_infinite_beta_from_the_command_line_and_yaml_fails(tmp_path):
 
     with pytest.raises(ValueError, match="WARMUP_BETA = inf is invalid"):
         load_config(SHAPES_CONFIG, ["MODEL.DYNAMIC_RCNN.WARMUP_BETA", "1e999"])
-    with pytest.raises(ValueError, match="WARMUP_BETA = 0 is invalid with ENABLE_DSL True"):
+    with pytest.raises(ValueError, match="WARMUP_BETA = 0 is invalid with DSL on"):
         load_config(SHAPES_CONFIG, ["MODEL.DYNAMIC_RCNN.WARMUP_BETA", "0.0"])
     config = tmp_path / "inf.yaml"
     config.write_text(f"_BASE_: {SHAPES_CONFIG}\nMODEL:\n  DYNAMIC_RCNN:\n    WARMUP_BETA: .inf\n")

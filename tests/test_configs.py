@@ -72,7 +72,7 @@ def test_configs_derive_from_one_base_and_no_baseline_from_the_method(path):
     """As in detectron2: the method and its baselines are siblings under Base-RCNN-FPN.yaml."""
     chain = [os.path.relpath(p, os.path.join(ROOT, "configs")) for p in _bases(path)]
     assert chain[-1] == "Base-RCNN-FPN.yaml", chain
-    if os.path.basename(path).startswith("faster_rcnn_"):
+    if os.path.basename(path).startswith(("faster_rcnn_", "cascade_")):
         assert not any("dynamic" in p for p in chain), chain
 
 
@@ -106,3 +106,25 @@ def test_coco_configs_keep_the_papers_rule_and_the_small_data_configs_the_measur
         assert cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN == 300
         assert (d.STATS_INCLUDE_GT, d.IOU_TOPK, d.BETA_TOPK, d.WARMUP_IOU) == (False, 20, 20, 0.4), name
     assert load("bccd/dynamic_rcnn_R_18_FPN_bccd.yaml").DATASETS.TEST == ("bccd_valtest",)
+
+
+@pytest.mark.parametrize("name", ["dynamic_cascade_rcnn_R_50_FPN_1x", "dynamic_cascade_rcnn_R_50_FPN_3x",
+                                  "dynamic_cascade_mask_rcnn_R_50_FPN_1x", "shapes/dynamic_cascade_rcnn_R_18_FPN_shapes",
+                                  "bccd/dynamic_cascade_rcnn_R_18_FPN_bccd"])
+def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(name):
+    """One line switches a Cascade config to Dynamic Cascade (the small-data ones also update every 20 iterations)."""
+    from dynamic_rcnn.config import cascade_tracker_args
+
+    dynamic = load(name + ".yaml")
+    stock = load(name.replace("dynamic_", "") + ".yaml")
+    assert (dynamic.MODEL.ROI_HEADS.NAME, stock.MODEL.ROI_HEADS.NAME) == ("DynamicCascadeROIHeads", "CascadeROIHeads")
+    stock.MODEL.ROI_HEADS.NAME = "DynamicCascadeROIHeads"
+    stock.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD
+    stock.OUTPUT_DIR = dynamic.OUTPUT_DIR
+    assert dynamic == stock
+    stages = cascade_tracker_args(dynamic)
+    coco = "R_50" in name
+    assert [s["iou_topk"] for s in stages] == ([150, 38, 38] if coco else [22, 10, 10])
+    assert [s["warmup_iou"] for s in stages] == [0.5, 0.6, 0.7]
+    assert {s["error_topk"] for s in stages} == {10} and {s["warmup_beta"] for s in stages} == {1.0}
+    assert dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD == (100 if coco else 20)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from PIL import Image
 
 from dynamic_rcnn.data import (
     BCCD_CLASSES,
@@ -136,7 +137,7 @@ def test_voc_folder_with_broken_annotations(tmp_path, caplog):
     assert "img3.xml" in text  # with its parse error
     assert (
         "myvoc: 1 images, 2 boxes; mended or dropped: 1 boxes clipped to the image (img1.jpg), 1 boxes of "
-        "unknown classes (img1.jpg), 1 missing image files (img2.jpg), 1 unreadable annotation files (img3.xml), "
+        "the unknown class 'zebra' (img1.jpg), 1 missing image files (img2.jpg), 1 unreadable annotation files (img3.xml), "
         "1 zero-area boxes (img1.jpg)"
     ) in text
     with pytest.raises(FileNotFoundError, match="PASCAL VOC layout"):
@@ -363,3 +364,179 @@ def test_check_datasets_names_unregistered_datasets_and_missing_files(tmp_path, 
     images.rmdir()
     with pytest.raises(FileNotFoundError, match="DATASETS.TEST: the dataset 'check_datasets_tmp' needs .*images"):
         check_datasets(("check_datasets_tmp",), "DATASETS.TEST")
+
+
+def test_an_image_id_given_to_two_images_is_refused_naming_it_and_both_files(tmp_path):
+    from dynamic_rcnn.data import register_coco
+
+    json_file = tmp_path / "twice.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "a.png"}, {"id": 8, "file_name": "b.png"}, {"id": 7, "file_name": "c.png"}],
+        "categories": [{"id": 1, "name": "cell"}], "annotations": []}))
+    with pytest.raises(ValueError) as e:
+        register_coco("twice_coco", str(json_file), str(tmp_path))
+    assert str(e.value) == (
+        f"{json_file}: the image id 7 is given to two images, 'a.png' and 'c.png': give each image its own id; "
+        'a COCO instances file is {"images": [...], "annotations": [...], "categories": [{"id": 1, "name": '
+        '"cell"}, ...]}')
+    assert "twice_coco" not in DatasetCatalog.list()
+
+
+def _write_voc(root, entries):
+    """``entries``: (split id, XML <filename> or None for none, image file written or None)."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for image_id, filename, image in entries:
+        tag = f"<filename>{filename}</filename>" if filename is not None else ""
+        with open(os.path.join(root, "Annotations", f"{image_id}.xml"), "w") as f:
+            f.write(f"<annotation>{tag}<size><width>64</width><height>48</height></size>"
+                    + VOC_OBJ.format(1, 1, 10, 10, cls="cat") + "</annotation>")
+        if image:
+            Image.new("RGB", (64, 48)).save(os.path.join(root, "JPEGImages", image),
+                                            format={"png": "PNG", "bmp": "BMP"}.get(image[-3:].lower(), "JPEG"))
+    with open(os.path.join(root, "ImageSets", "Main", "train.txt"), "w") as f:
+        f.write("\n".join(e[0] for e in entries) + "\n")
+
+
+def test_voc_image_is_the_split_ids_whatever_its_xml_filename_says(tmp_path, caplog):
+    root = str(tmp_path / "voc")
+    _write_voc(root, [
+        ("v001", "V001.PNG", "v001.jpg"),          # another case and extension only: not a problem
+        ("v002", "v002.png", "v002.PNG"),          # found by its id, extension of any case
+        ("IMG_0004", "IMG_0004.JPG", "IMG_0004.JPG"),
+        ("v003", "v005.jpg", "v003.jpg"),          # names another image: v003.jpg is used, and said
+        ("v005", "v005.jpg", "v005.jpg"),          # so v005.jpg is not read twice
+        ("v006", None, "v006.bmp"),                # no <filename>
+    ])
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        dicts = load_voc_instances(root, "train", ["cat"], name="voc_names")
+    assert [os.path.basename(d["file_name"]) for d in dicts] == [
+        "v001.jpg", "v002.PNG", "IMG_0004.JPG", "v003.jpg", "v005.jpg", "v006.bmp"]
+    assert _summary(caplog, "voc_names") == (
+        "voc_names: 6 images, 6 boxes; mended or dropped: 1 XML <filename> of another image than the split "
+        "id's, the id's image used (v003.xml names v005.jpg)")
+
+
+def test_voc_image_missing_under_its_id_is_named_by_its_id(tmp_path, caplog):
+    root = str(tmp_path / "voc")
+    _write_voc(root, [("v007", "v007.jpg", "v007.gif.txt"), ("v008", "v008.jpg", "v008.jpg")])
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        dicts = load_voc_instances(root, "train", ["cat"], name="voc_missing")
+    assert [d["image_id"] for d in dicts] == ["v008"]
+    assert _summary(caplog, "voc_missing") == (
+        "voc_missing: 1 images, 1 boxes; mended or dropped: 1 missing image files (v007.jpg)")
+
+
+def test_16_bit_and_float_images_are_dropped_with_what_to_do(tmp_path, caplog):
+    # detectron2's read_image converts them to 8-bit RGB by clipping: a 16-bit image comes out white.
+    paths = {}
+    for name, array in (("deep.png", np.full((48, 64), 40000, np.uint16)), ("float.tif", np.full((48, 64), 0.5, np.float32)),
+                        ("int32.tif", np.full((48, 64), 70000, np.int32)), ("fine.png", np.zeros((48, 64, 3), np.uint8))):
+        paths[name] = str(tmp_path / name)
+        Image.fromarray(array).save(paths[name])
+    dicts = [{"file_name": p, "image_id": n, "height": 48, "width": 64, "annotations": [_box(1, 1, 9, 9)]}
+             for n, p in paths.items()]
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        out = sanitize_dataset_dicts(dicts, "deep", num_classes=1)
+    assert [r["image_id"] for r in out] == ["fine.png"]
+    assert _summary(caplog, "deep") == (
+        "deep: 1 images, 1 boxes; mended or dropped: 3 images of 16-bit, 32-bit or float pixels, which "
+        "detectron2 reads clipped to 8 bits: convert them to 8-bit (deep.png in mode I;16, float.tif in mode F, "
+        "int32.tif in mode I)")
+
+
+def test_voc_unknown_classes_are_named(tmp_path, caplog):
+    root = str(tmp_path / "voc")
+    make_voc(root, [("v000", [("Rbc", (1, 1, 10, 10)), ("Rbc", (2, 2, 10, 10)), ("RBC", (3, 3, 10, 10))], True),
+                    ("v001", [("WBC ", (1, 1, 10, 10)), ("red cell", (1, 1, 10, 10))], True)])
+    with open(os.path.join(root, "Annotations", "v001.xml")) as f:
+        xml = f.read()
+    with open(os.path.join(root, "Annotations", "v001.xml"), "w") as f:
+        f.write(xml.replace("</annotation>", "<object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax>"
+                                             "<ymax>9</ymax></bndbox></object></annotation>"))
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        dicts = load_voc_instances(root, "train", ["RBC", "WBC"], name="voc_classes")
+    assert [[a["category_id"] for a in d["annotations"]] for d in dicts] == [[0], [1]]  # "WBC " as written: WBC
+    assert _summary(caplog, "voc_classes") == (
+        "voc_classes: 2 images, 2 boxes; mended or dropped: 2 boxes of the unknown class 'Rbc' (v000.jpg), "
+        "1 boxes of the unknown class 'red cell' (v001.jpg), 1 boxes without a class <name> (v001.jpg)")
+
+
+def test_image_sizes_that_disagree_with_the_file_are_the_files(tmp_path, caplog):
+    # Swapped in the json; and a photo turned by EXIF (width 64, height 48 stored, shown 48 x 64).
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((100, 200, 3), np.uint8))
+    exif = Image.Exif()
+    exif[274] = 6  # a quarter turn, as phones write
+    Image.new("RGB", (64, 48)).save(str(tmp_path / "turned.jpg"), exif=exif)
+    dicts = [
+        {"file_name": str(tmp_path / "a.jpg"), "image_id": 1, "height": 200, "width": 100,
+         "annotations": [_box(150, 50, 190, 90)]},
+        {"file_name": str(tmp_path / "turned.jpg"), "image_id": 2, "height": 48, "width": 64,
+         "annotations": [_box(1, 1, 40, 60)]},
+    ]
+    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+        out = sanitize_dataset_dicts(dicts, "sizes", num_classes=1)
+    assert [(r["height"], r["width"]) for r in out] == [(100, 200), (64, 48)]
+    # Boxes as given, in the frame of the image as detectron2 reads it.
+    assert [a["bbox"] for r in out for a in r["annotations"]] == [[150, 50, 190, 90], [1, 1, 40, 60]]
+    assert _summary(caplog, "sizes") == (
+        "sizes: 2 images, 2 boxes; mended or dropped: 2 image sizes (width x height) that disagreed with the "
+        "file, the file's used (a.jpg: 100x200 given, 200x100 in the file, turned.jpg: 64x48 given, 48x64 in "
+        "the file)")
+
+
+def _coco_json(path, categories):
+    path.write_text(json.dumps({"images": [], "annotations": [],
+                                "categories": [{"id": i, "name": n} for i, n in categories.items()]}))
+    return str(path)
+
+
+def _user_args(tmp_path, train=None, test=None, opts=()):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(train_json=train, train_images=str(tmp_path) if train else None,
+                           test_json=test, test_images=str(tmp_path) if test else None, opts=list(opts))
+
+
+def test_num_classes_is_the_train_jsons_and_said(tmp_path):
+    from detectron2.config import get_cfg
+
+    from dynamic_rcnn.data import register_from_args
+
+    train = _coco_json(tmp_path / "train.json", {1: "a", 5: "b"})
+    cfg = get_cfg()  # NUM_CLASSES 80 in detectron2's defaults, as in a COCO config file
+    assert register_from_args(_user_args(tmp_path, train, train), cfg) == (
+        f"MODEL.ROI_HEADS.NUM_CLASSES = 2, the categories of {train}")
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 2 and cfg.DATASETS.TRAIN == ("user_train",)
+    # The same number on the command line: nothing to say.
+    assert register_from_args(_user_args(tmp_path, train, opts=["MODEL.ROI_HEADS.NUM_CLASSES", "2"]), cfg) is None
+
+
+def test_num_classes_on_the_command_line_other_than_the_jsons_is_refused(tmp_path):
+    from detectron2.config import get_cfg
+
+    from dynamic_rcnn.data import register_from_args
+
+    train = _coco_json(tmp_path / "train.json", {1: "a", 5: "b"})
+    cfg = get_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
+    with pytest.raises(ValueError) as e:
+        register_from_args(_user_args(tmp_path, train, opts=["MODEL.ROI_HEADS.NUM_CLASSES", "5"]), cfg)
+    assert str(e.value) == (
+        f"MODEL.ROI_HEADS.NUM_CLASSES is 5 on the command line, but --train-json {train} has 2 categories, "
+        "which decide it: drop MODEL.ROI_HEADS.NUM_CLASSES from the command line (or list 5 categories in the json)")
+
+
+def test_train_and_test_jsons_of_other_categories_are_refused_naming_the_differences(tmp_path):
+    from detectron2.config import get_cfg
+
+    from dynamic_rcnn.data import register_from_args
+
+    train = _coco_json(tmp_path / "train.json", {1: "a", 2: "b", 4: "x"})
+    test = _coco_json(tmp_path / "test.json", {1: "a", 2: "c", 3: "d"})
+    with pytest.raises(ValueError) as e:
+        register_from_args(_user_args(tmp_path, train, test), get_cfg())
+    assert str(e.value) == (
+        f"--test-json {test} and --train-json {train} list other categories (the model learns those of "
+        f"--train-json): id 2 is 'b' in {train}, 'c' in {test}; id 3 ('d') is only in {test}; id 4 ('x') is only "
+        f"in {train}. Give both files the same categories (ids and names)")

@@ -61,6 +61,47 @@ def test_two_processes_gather_windows_and_apply_the_same_values(tmp_path):
     assert thresholds[:3] == [0.05] * 3 and thresholds[3] == pytest.approx(max(0.05, mean_iou))
 
 
+CASCADE = ["MODEL.ROI_HEADS.NAME", "DynamicCascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True,
+           "MODEL.DYNAMIC_RCNN.CASCADE.WARMUP_IOU", [0.05, 0.06, 0.07]]
+
+
+def _cascade_worker(out_dir):
+    import torch
+    from detectron2.utils import comm
+
+    from dynamic_rcnn import Trainer
+    from dynamic_rcnn.hook import find_trackers
+
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny_cfg(*OPTS, *CASCADE, "OUTPUT_DIR", out_dir))
+    windows = {}
+    for k, tracker in enumerate(find_trackers(trainer.model)):
+        def spy_update(tracker=tracker, update=tracker.update, k=k):
+            windows.setdefault(k, []).append([list(v) for v in tracker.window])
+            return update()
+
+        tracker.update = spy_update
+    trainer.train()
+    history = {f"{k}/{name}": [v for v, _ in trainer.storage.history(f"stage{k}/dynamic_rcnn/{name}").values()]
+               for k in range(3) for name in ("iou_threshold", "beta")}
+    with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:
+        json.dump({"windows": windows, "history": history}, f)
+
+
+@pytest.mark.slow
+def test_two_processes_hold_the_same_windows_for_every_stage(tmp_path):
+    from detectron2.engine import launch
+
+    out = str(tmp_path)
+    launch(_cascade_worker, 2, dist_url="auto", args=(out,))
+    r0, r1 = (json.load(open(os.path.join(out, f"rank{r}.json"))) for r in (0, 1))
+    assert sorted(r0["windows"]) == ["0", "1", "2"] and r0["windows"] == r1["windows"]
+    # The update at iteration 3 of every stage: 3 iterations x 2 processes.
+    assert all(len(w[0]) == 6 for w in r0["windows"].values())
+    assert r0["history"] == r1["history"]
+    assert all(r0["history"][f"{k}/iou_threshold"][3] != r0["history"][f"{k}/iou_threshold"][0] for k in range(3))
+
+
 def _free_port():
     import socket
 
@@ -103,3 +144,66 @@ def test_two_machines_on_one_host_apply_the_same_values(tmp_path):
     # Updates at 3 and 6 (UPDATE_PERIOD 3), each from both machines' statistics of 3 iterations.
     assert [(it, n) for it, n, _, _ in updates[0]] == [("3", "6"), ("6", "6")]
     assert float(updates[0][0][2]) != 0.05 and float(updates[0][0][3]) != 50.0
+
+
+def _read_an_image_cut_after_start(args):
+    """
+    One process of two: it loads its own one-image dataset (checked at load), then the image of
+    process 1 is cut short (``args.how == "cut"``; a disk or a copy going wrong while the run goes
+    on) and read, or process 1 is killed (``"kill"``); process 0 stands for the rest of the run.
+    """
+    import signal
+    import time
+
+    from detectron2.data import DatasetCatalog, build_detection_train_loader
+    from detectron2.structures import BoxMode
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    rank = comm.get_rank()
+    setup_logger(args.out, distributed_rank=rank, name="dynamic_rcnn")  # as train_net.py's setup
+    image = os.path.join(args.out, f"image{rank}.png")
+    box = {"bbox": [1, 1, 30, 30], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "iscrowd": 0}
+    DatasetCatalog.register("one_image", lambda: [
+        {"file_name": image, "image_id": 0, "height": 64, "width": 64, "annotations": [box]}])
+    loader = build_detection_train_loader(tiny_cfg("DATASETS.TRAIN", ("one_image",)))
+    comm.synchronize()
+    if rank == 1:
+        if args.how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        with open(image, "wb") as f:
+            f.write(b"cut")
+        next(iter(loader))
+    time.sleep(300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["cut", "kill"])
+def test_a_failing_process_ends_the_run_in_one_line_naming_the_file_and_its_log(tmp_path, how):
+    import time
+    from types import SimpleNamespace
+
+    import cv2
+    import numpy as np
+
+    from dynamic_rcnn.cli import launch_checked
+
+    out = str(tmp_path)
+    for rank in (0, 1):
+        cv2.imwrite(os.path.join(out, f"image{rank}.png"), np.zeros((64, 64, 3), np.uint8))
+    args = SimpleNamespace(num_gpus=2, num_machines=1, machine_rank=0, dist_url="auto", out=out, how=how)
+    start = time.time()
+    with pytest.raises(SystemExit) as e:
+        launch_checked(_read_an_image_cut_after_start, args, lambda a: a, output_dir=lambda a: a.out)
+    assert time.time() - start < 200  # process 0 would sleep 300 s: it was stopped
+    log = os.path.join(out, "log.txt.rank1")
+    if how == "kill":
+        assert e.value.code == f"error: process 1 (rank 1) was killed by SIGKILL (out of memory?); its log is {log}"
+        return
+    image = os.path.join(out, "image1.png")
+    assert e.value.code == (
+        f"error: process 1 (rank 1) failed: PIL.UnidentifiedImageError: cannot identify image file "
+        f"<_io.BufferedReader name='{image}'>; the traceback is in {log}")
+    with open(log) as f:
+        text = f.read()
+    assert "Process of rank 1 failed:\nTraceback" in text and f"name='{image}'" in text

@@ -63,3 +63,70 @@ def test_format_ap_table_finds_every_result():
     assert [c.strip() for c in lines[0].split("|")[2:-1]] == AP_COLUMNS
     assert lines[2].split("|")[1].strip() == "ds/bbox" and "12.3" in lines[2]
     assert lines[3].split("|")[1].strip() == "ds/segm" and "nan" in lines[3]
+
+
+def test_results_carry_the_jsons_own_category_ids_and_score_against_it_as_reported(tmp_path):
+    import cv2
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from dynamic_rcnn.data import register_coco
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for file_name in ("a.png", "b.png"):
+        cv2.imwrite(str(images / file_name), np.zeros((100, 100, 3), np.uint8))
+
+    def anno(i, image_id, category_id, x, y, w, h):
+        return {"id": i, "image_id": image_id, "category_id": category_id, "bbox": [x, y, w, h], "area": w * h,
+                "iscrowd": 0}
+
+    json_file = tmp_path / "mine.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 10, "file_name": "a.png", "height": 100, "width": 100},
+                   {"id": 20, "file_name": "b.png", "height": 100, "width": 100}],
+        "categories": [{"id": 9, "name": "c"}, {"id": 1, "name": "a"}, {"id": 5, "name": "b"}],
+        "annotations": [anno(1, 10, 1, 0, 0, 40, 40), anno(2, 10, 5, 50, 50, 40, 40), anno(3, 20, 9, 10, 10, 50, 30),
+                        anno(4, 20, 1, 60, 0, 30, 30)],
+    }))
+    # The model's classes are the ids in order: 0 -> 1 ("a"), 1 -> 5 ("b"), 2 -> 9 ("c").
+    predictions = {10: [([0, 0, 40, 40], 0.9, 0), ([50, 50, 90, 80], 0.8, 1), ([5, 5, 30, 30], 0.3, 2)],
+                   20: [([10, 10, 60, 40], 0.7, 2), ([60, 0, 90, 30], 0.6, 1)]}  # the last one of another class
+    name, results = "test_evaluation_ids_1_5_9", str(tmp_path / "eval" / "coco_instances_results.json")
+
+    def evaluate_registered():
+        # As a new process does: the dataset registered anew, its metadata only what registration set.
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco(name, str(json_file), str(images))
+        evaluator = HighIoUCOCOEvaluator(name, output_dir=str(tmp_path / "eval"))
+        evaluator.reset()
+        for image_id, found in predictions.items():
+            inst = Instances((100, 100))
+            inst.pred_boxes = Boxes(torch.tensor([b for b, _, _ in found], dtype=torch.float32))
+            inst.scores = torch.tensor([s for _, s, _ in found])
+            inst.pred_classes = torch.tensor([c for _, _, c in found])
+            evaluator.process([{"image_id": image_id}], [{"instances": inst}])
+        reported = evaluator.evaluate()["bbox"]
+        with open(results) as f:
+            written = json.load(f)
+        assert sorted((r["image_id"], r["category_id"], round(r["score"], 3)) for r in written) == [
+            (10, 1, 0.9), (10, 5, 0.8), (10, 9, 0.3), (20, 5, 0.6), (20, 9, 0.7)]
+        return reported
+
+    reported = evaluate_registered()
+    # Again: the records converted for COCO's API are now cached in the output folder, so the json is not
+    # read (nor its id mapping set by detectron2's load_coco_json) before the results are written.
+    assert os.path.isfile(tmp_path / "eval" / f"{name}_coco_format.json")
+    assert evaluate_registered()["AP"] == reported["AP"]
+    # The user's own file and tool give the AP the evaluator reported.
+    truth = COCO(str(json_file))
+    coco_eval = COCOeval(truth, truth.loadRes(results), "bbox")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    assert 0 < reported["AP"] < 100
+    assert reported["AP"] == pytest.approx(coco_eval.stats[0] * 100, abs=1e-6)
+    assert reported["AP50"] == pytest.approx(coco_eval.stats[1] * 100, abs=1e-6)

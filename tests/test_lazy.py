@@ -84,3 +84,91 @@ def test_lazy_train_net_refuses_a_bad_value_before_training(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = 0 is invalid")
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), "metrics.json"))
+
+
+@pytest.mark.parametrize("config, mask_on, schedule", [("dynamic_cascade_rcnn_R_50_FPN_1x.py", False, 90000),
+                                                       ("dynamic_cascade_rcnn_R_50_FPN_3x.py", False, 270000),
+                                                       ("dynamic_cascade_mask_rcnn_R_50_FPN_1x.py", True, 90000)])
+def test_lazy_dynamic_cascades_are_their_stock_cascade_with_one_tracker_a_stage(config, mask_on, schedule):
+    cfg = LazyConfig.load(os.path.join(LAZY, config))
+    stock = LazyConfig.load(os.path.join(LAZY, config.replace("dynamic_", "")))
+    heads, stock_heads = instantiate(cfg.model).roi_heads, instantiate(stock.model).roi_heads
+    assert (type(heads).__name__, type(stock_heads).__name__) == ("DynamicCascadeROIHeads", "CascadeROIHeads")
+    assert heads.mask_on == stock_heads.mask_on == mask_on and cfg.train.max_iter == stock.train.max_iter == schedule
+    assert [(t.iou_topk, t.warmup_iou, t.warmup_beta, t.error_topk) for t in heads.trackers] == [
+        (150, 0.5, 1.0, 10), (38, 0.6, 1.0, 10), (38, 0.7, 1.0, 10)]
+    assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7]
+
+
+@pytest.mark.slow
+def test_lazy_train_net_trains_a_dynamic_cascade(tmp_path):
+    out = str(tmp_path)
+    proc = run("dynamic_cascade_rcnn_R_50_FPN_1x.py", *TINY, *[f"model.roi_heads.trackers.{k}.update_period=1"
+                                                               for k in range(3)], f"train.output_dir={out}")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    for k in range(3):
+        assert f"Dynamic R-CNN stage{k} update at iteration 1 from 1 statistics" in log
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f if "total_loss" in line]
+    assert all(f"stage{k}/dynamic_rcnn/beta" in r for r in rows for k in range(3))
+
+
+def _lazy(*overrides):
+    """lazy_train_net.py's module and its parsed command line (the paper's LazyConfig, shrunk)."""
+    from detectron2.engine import default_argument_parser
+
+    from conftest import load_module
+
+    lazy = load_module("lazy_train_net.py")
+    args = default_argument_parser().parse_args(
+        ["--config-file", os.path.join(LAZY, "dynamic_rcnn_R_50_FPN_1x.py"), *TINY, *map(str, overrides)])
+    return lazy, args
+
+
+def _one_line_exit(lazy, args):
+    from dynamic_rcnn.cli import launch_checked
+
+    with pytest.raises(SystemExit) as e:
+        launch_checked(lazy.main, args, lazy.checked_config)
+    return e.value.code
+
+
+def test_lazy_amp_without_a_gpu_and_an_output_dir_in_the_way_are_refused_at_start_up(tmp_path):
+    import torch
+
+    unseen = "" if torch.cuda.is_available() else " (no GPU is visible)"
+    lazy, args = _lazy("train.amp.enabled=True", f"train.output_dir={tmp_path / 'out'}")
+    assert _one_line_exit(lazy, args) == (
+        f"error: train.amp.enabled is True, but train.device is cpu{unseen}: detectron2's AMPTrainer (mixed "
+        "precision) trains on a GPU only. Set train.amp.enabled=False to train on the CPU")
+    (tmp_path / "a_file").write_text("")
+    lazy, args = _lazy(f"train.output_dir={tmp_path / 'a_file' / 'out'}")
+    assert _one_line_exit(lazy, args) == (
+        f"error: train.output_dir {tmp_path / 'a_file' / 'out'} cannot be created: {tmp_path / 'a_file'} is a file, "
+        "not a folder")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_lazy_train_net_saves_checkpoints_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from dynamic_rcnn.checkpoint import CheckpointError
+
+    save = torch.save
+
+    def full_disk(data, f, **kwargs):  # for checkpoints: the final evaluation's files are written
+        if not f.name.endswith(".pth.tmp"):
+            return save(data, f, **kwargs)
+        f.write(b"PK\x03\x04 the first part of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    lazy, args = _lazy("train.max_iter=1", f"train.output_dir={tmp_path}")
+    cfg, _ = lazy.checked_config(args)
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=rf"^Cannot save {tmp_path / 'model_final.pth'}: \[Errno 28\] No space"):
+        lazy.do_train(args, cfg)
+    assert not [n for n in os.listdir(tmp_path) if ".pth" in n]

@@ -57,3 +57,14 @@ def test_update_period_comes_from_the_runs_config(tmp_path):
     assert read_update_period(str(tmp_path)) is None
     (tmp_path / "config.yaml").write_text("MODEL:\n  DYNAMIC_RCNN:\n    UPDATE_PERIOD: 50\n")
     assert read_update_period(str(tmp_path)) == 50
+
+
+def test_plot_says_how_many_unreadable_lines_it_skipped(tmp_path, capsys):
+    rows = [{"iteration": i, "total_loss": 1.0 / (i + 1)} for i in (19, 39)]
+    write_metrics(str(tmp_path / "metrics.json"), rows)
+    with open(tmp_path / "metrics.json", "a") as f:
+        f.write('{"iteration": 59, "total_lo')  # a run cut off while writing its last row
+    assert main([str(tmp_path)]) == 0
+    metrics = tmp_path / "metrics.json"
+    assert f"note: skipped 1 unreadable line of {metrics} (a run cut off while writing?)\n" in capsys.readouterr().out
+    assert read_metrics(str(metrics)) == {"total_loss": [(19, 0.05), (39, 0.025)]}  # what its other callers get

@@ -118,3 +118,32 @@ def test_plain_detectron2_gives_the_projects_detections(release, tmp_path):
         assert np.allclose(np.array(boxes).reshape(-1, 4), want_boxes, atol=1e-3), way
         assert np.allclose(scores, want_scores, atol=1e-5), way
         assert classes == inst.pred_classes.tolist(), way
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".x", "my model"])
+def test_a_release_name_that_is_not_one_file_name_is_refused_before_anything_is_written(release, tmp_path, capsys,
+                                                                                      name):
+    cfg, _ = release
+    out = tmp_path / "releases"
+    assert load_tool("publish_model").main([cfg.OUTPUT_DIR, "--name", name, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --name {name!r} is not a release name: give one file name of letters, digits, '_', '.' and '-', "
+        "beginning with a letter or digit (e.g. dynamic_rcnn_R_18_FPN_shapes)\n")
+    assert not out.exists()
+
+
+def test_a_failed_save_leaves_no_partial_file(release, tmp_path, capsys, monkeypatch):
+    import errno
+
+    cfg, _ = release
+    out = tmp_path / "releases"
+
+    def full_disk(data, f, **kwargs):
+        with open(f, "wb") as w:
+            w.write(b"PK\x03\x04 the first megabytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert load_tool("publish_model").main([cfg.OUTPUT_DIR, "--name", "tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "error: [Errno 28] No space left on device\n"
+    assert os.listdir(out) == []

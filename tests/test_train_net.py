@@ -160,3 +160,90 @@ def test_eval_only_refuses_weights_that_do_not_fit_the_model(tmp_path):
         "(another architecture or number of classes?): parameters of another shape (4): "
         "roi_heads.box_predictor.cls_score.weight (checkpoint (8, 32), model (4, 32))")
     assert not (tmp_path / "inference").exists()
+
+
+def _in_process(*overrides, options=()):
+    """train_net.py's module and its parsed command line: the shapes config, ``options``, the tiny model."""
+    from conftest import load_module
+
+    train_net = load_module("train_net.py")
+    return train_net, train_net.parse_args(["--config-file", os.path.join(ROOT, SHAPES_CONFIG), *map(str, options),
+                                            *map(str, TINY_OPTS + list(overrides))])
+
+
+def _one_line_exit(train_net, args):
+    """What launch_checked exits with: its one ``error: ...`` line."""
+    from dynamic_rcnn.cli import launch_checked
+
+    with pytest.raises(SystemExit) as e:
+        launch_checked(train_net.main, args, train_net.checked_config)
+    return e.value.code
+
+
+def _coco_pair(tmp_path, categories, annotations):
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    json_file = tmp_path / "train.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}],
+        "categories": [{"id": i, "name": n} for i, n in categories.items()],
+        "annotations": [dict(a, id=k + 1, image_id=1, iscrowd=0) for k, a in enumerate(annotations)]}))
+    return json_file, images
+
+
+def test_the_num_classes_of_a_train_json_is_said_in_the_runs_log(tmp_path):
+    json_file, images = _coco_pair(tmp_path, {1: "cell", 2: "other"}, [{"bbox": [1, 1, 9, 9], "category_id": 1}])
+    out = tmp_path / "out"
+    train_net, args = _in_process("OUTPUT_DIR", out, options=["--train-json", json_file, "--train-images", images])
+    cfg = train_net.setup(args)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 2  # the shapes config says 3
+    assert f"MODEL.ROI_HEADS.NUM_CLASSES = 2, the categories of {json_file}" in (out / "log.txt").read_text()
+
+
+def test_a_training_set_without_boxes_is_one_line_naming_it_and_what_its_loading_dropped(tmp_path):
+    json_file, images = _coco_pair(tmp_path, {1: "cell"}, [{"bbox": [1, 1, 9, 9], "category_id": 7}] * 2)
+    train_net, args = _in_process("OUTPUT_DIR", tmp_path / "out",
+                                  options=["--train-json", json_file, "--train-images", images])
+    assert _one_line_exit(train_net, args) == (
+        "error: DATASETS.TRAIN: no image of user_train has a box to train on (detectron2: No valid data found in "
+        "user_train). What the loading found: user_train: 1 images, 0 boxes; mended or dropped: 2 boxes of the "
+        "unknown category id 7 (a.png). Check that the annotations' classes (names, category ids) are the "
+        "dataset's, and that its images are where they are looked for")
+    # No image at all (detectron2 says "is empty!"): the same line, with what the loading found.
+    os.remove(images / "a.png")
+    assert _one_line_exit(train_net, args).startswith(
+        "error: DATASETS.TRAIN: no image of user_train has a box to train on (detectron2: Dataset 'user_train' is "
+        "empty!). What the loading found: user_train: 0 images, 0 boxes; mended or dropped: 2 boxes of the unknown "
+        "category id 7 (a.png), 1 missing image files (a.png). Check")
+
+
+def test_amp_without_a_gpu_is_refused_at_start_up(tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    train_net, args = _in_process("SOLVER.AMP.ENABLED", True, "OUTPUT_DIR", out)
+    unseen = "" if torch.cuda.is_available() else " (no GPU is visible)"
+    assert _one_line_exit(train_net, args) == (
+        f"error: SOLVER.AMP.ENABLED is True, but the model is on cpu{unseen}: detectron2's AMPTrainer (mixed "
+        "precision) trains on a GPU only. Set SOLVER.AMP.ENABLED False to train on the CPU")
+    assert not out.exists()
+
+
+def test_an_output_dir_that_cannot_be_made_is_refused_before_launch(tmp_path, monkeypatch):
+    from dynamic_rcnn.cli import check_output_dir
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    train_net, args = _in_process("OUTPUT_DIR", blocker / "out")
+    assert _one_line_exit(train_net, args) == (
+        f"error: OUTPUT_DIR {blocker / 'out'} cannot be created: {blocker} is a file, not a folder")
+    # A folder this user cannot write to (root writes anywhere: os.access is what says so).
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(PermissionError) as e:
+        check_output_dir(str(tmp_path / "new" / "out"), "OUTPUT_DIR")
+    assert str(e.value) == (f"OUTPUT_DIR {tmp_path / 'new' / 'out'} cannot be created: this user cannot write "
+                            f"in {tmp_path} (its permissions, or a read-only file system)")

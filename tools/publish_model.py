@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -68,12 +69,25 @@ def inference_config(cfg_text: str, weights: str) -> str:
     return header + plain.dump()
 
 
+def check_name(name: str) -> None:
+    """``name`` makes the release's file names (``OUT/NAME_<hash>.pth``, ...): one file name, or ValueError."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"--name {name!r} is not a release name: give one file name of letters, digits, '_', '.' "
+                         "and '-', beginning with a letter or digit (e.g. dynamic_rcnn_R_18_FPN_shapes)")
+
+
 def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_final.pth") -> dict:
+    """
+    Write the release ``name`` of the run ``run_dir`` into ``out_dir`` (see the module's doc).
+    Raises ValueError for a bad name (before anything is read or written), FileNotFoundError,
+    ValueError or OSError naming what is wrong; the checkpoint is written whole or not at all.
+    """
     import torch
     from detectron2.config import CfgNode
 
     from dynamic_rcnn.model_zoo import sha256_of
 
+    check_name(name)
     ckpt_path = checkpoint if os.path.isabs(checkpoint) else os.path.join(run_dir, checkpoint)
     cfg_path = os.path.join(run_dir, "config.yaml")
     for path, what in ((ckpt_path, "checkpoint"), (cfg_path, "config.yaml (written by train_net.py)")):
@@ -92,11 +106,15 @@ def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_fina
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".pth", dir=out_dir)
     os.close(fd)
-    torch.save({"model": checkpoint_data["model"], "cfg": cfg_text, "__author__": "dynamic_rcnn"}, tmp)
-    digest = sha256_of(tmp)
-    file_name = f"{name}_{digest[:8]}.pth"
-    os.replace(tmp, os.path.join(out_dir, file_name))
-    os.chmod(os.path.join(out_dir, file_name), 0o644)  # mkstemp makes it private
+    try:  # the file is named by its hash once written whole: a failure leaves nothing behind
+        torch.save({"model": checkpoint_data["model"], "cfg": cfg_text, "__author__": "dynamic_rcnn"}, tmp)
+        digest = sha256_of(tmp)
+        file_name = f"{name}_{digest[:8]}.pth"
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, os.path.join(out_dir, file_name))
+    except BaseException:
+        os.remove(tmp)
+        raise
 
     inference_file = f"{name}.inference.yaml"
     with open(os.path.join(out_dir, inference_file), "w") as f:
@@ -169,7 +187,7 @@ def main(argv=None):
 
     try:
         metrics = publish(args.run_dir, args.name, args.out or release_dir(), args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: FileNotFoundError, a full disk...
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {metrics['checkpoint']} ({metrics['size_mb']} MB, sha256 {metrics['sha256']}), "

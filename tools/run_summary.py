@@ -57,7 +57,8 @@ def summarize(run_dir: str, wall_seconds: float, peak_rss_mb: float) -> dict:
     import detectron2
     import torch
 
-    rows = [r for r in _metrics(run_dir) if isinstance(r.get("iteration"), int)]
+    # Training rows only: the final evaluation writes a row of its own, at the iteration after the last.
+    rows = [r for r in _metrics(run_dir) if isinstance(r.get("iteration"), int) and "total_loss" in r]
     times = [r["time"] for r in rows if isinstance(r.get("time"), (int, float))]
     log = os.path.join(run_dir, "log.txt")
     gpu_mem = None

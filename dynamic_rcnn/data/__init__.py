@@ -2,13 +2,14 @@
 Datasets: built-in ones registered in detectron2's catalogs when ``dynamic_rcnn`` is imported,
 and functions that register your own VOC-layout folders and COCO json files.
 """
-import logging
+import contextlib
 import os
+from typing import Optional, Sequence
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .coco import load_coco_instances, read_coco_json, register_coco
-from .sanitize import DropLog, image_file_size, sanitize_dataset_dicts
+from .sanitize import DropLog, image_file_size, loaded_summary, sanitize_dataset_dicts
 from .shapes import SHAPES_CLASSES, generate_shapes_image, load_shapes, register_shapes
 from .voc import BCCD_CLASSES, load_voc_instances, register_voc
 
@@ -30,9 +31,9 @@ __all__ = [
     "register_builtin",
     "register_from_args",
     "check_datasets",
+    "DatasetError",
+    "explain_no_training_data",
 ]
-
-logger = logging.getLogger(__name__)
 
 # name: (number of images, seed, (height, width)); different seeds keep the splits disjoint.
 _SHAPES_SPLITS = {
@@ -68,14 +69,35 @@ def register_builtin() -> None:
             register_voc(f"bccd_{suffix}", root, split, BCCD_CLASSES)
 
 
-def register_from_args(args, cfg) -> None:
+def _categories(name: str) -> dict:
+    """``{category id of the json: name}`` of a dataset registered by ``register_coco``."""
+    meta = MetadataCatalog.get(name)
+    return {i: meta.thing_classes[c] for i, c in meta.thing_dataset_id_to_contiguous_id.items()}
+
+
+def _differences(train: dict, test: dict, train_json: str, test_json: str) -> str:
+    """What differs between two ``{id: name}`` category lists, one clause per id."""
+    said = []
+    for i in sorted(set(train) | set(test)):
+        if i in train and i in test and train[i] != test[i]:
+            said.append(f"id {i} is {train[i]!r} in {train_json}, {test[i]!r} in {test_json}")
+        elif i not in train or i not in test:
+            name, where = (test[i], test_json) if i in test else (train[i], train_json)
+            said.append(f"id {i} ({name!r}) is only in {where}")
+    return "; ".join(said)
+
+
+def register_from_args(args, cfg) -> Optional[str]:
     """
     ``--train-json/--train-images`` and ``--test-json/--test-images`` of ``train_net.py``: register
-    the pairs as ``user_train`` / ``user_test``, use them as ``DATASETS.TRAIN`` / ``DATASETS.TEST``
-    and set ``MODEL.ROI_HEADS.NUM_CLASSES`` to their number of categories.
+    the pairs as ``user_train`` / ``user_test`` and use them as ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
+    The categories of the train json (of the test json when only it is given) decide
+    ``MODEL.ROI_HEADS.NUM_CLASSES``. Raises ValueError naming the files when the two jsons list other
+    categories (names by id), or when the command line (``args.opts``) sets NUM_CLASSES to another
+    number. Returns the note to log when NUM_CLASSES was changed from the config's, else None (the
+    caller logs it: this runs before the logger is set up).
     """
-    from detectron2.data import MetadataCatalog
-
+    given = {}
     for split, key in (("train", "TRAIN"), ("test", "TEST")):
         json_file, images = getattr(args, f"{split}_json", None), getattr(args, f"{split}_images", None)
         if not json_file and not images:
@@ -94,10 +116,57 @@ def register_from_args(args, cfg) -> None:
         except ValueError as e:  # the message names the file; say which option gave it
             raise ValueError(f"--{split}-json {e}") from None
         cfg.DATASETS[key] = (name,)
-        num_classes = len(MetadataCatalog.get(name).thing_classes)
-        if cfg.MODEL.ROI_HEADS.NUM_CLASSES != num_classes:
-            logger.info("MODEL.ROI_HEADS.NUM_CLASSES = %d, the categories of %s", num_classes, json_file)
-            cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+        given[split] = (json_file, _categories(name))
+    if not given:
+        return None
+    if len(given) == 2 and given["train"][1] != given["test"][1]:
+        # The model's class k is the train json's k-th id: scored against other ids, AP is wrong.
+        (train_json, train), (test_json, test) = given["train"], given["test"]
+        raise ValueError(
+            f"--test-json {test_json} and --train-json {train_json} list other categories (the model learns those "
+            f"of --train-json): {_differences(train, test, train_json, test_json)}. Give both files the same "
+            "categories (ids and names)"
+        )
+    split = "train" if "train" in given else "test"
+    json_file, categories = given[split]
+    opts = list(getattr(args, "opts", None) or [])
+    if "MODEL.ROI_HEADS.NUM_CLASSES" in opts[::2] and cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(categories):
+        n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        raise ValueError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {n} on the command line, but --{split}-json {json_file} has "
+            f"{len(categories)} categories, which decide it: drop MODEL.ROI_HEADS.NUM_CLASSES from the command "
+            f"line (or list {n} categories in the json)"
+        )
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(categories):
+        return None
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(categories)
+    return f"MODEL.ROI_HEADS.NUM_CLASSES = {len(categories)}, the categories of {json_file}"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on; the message names it and says what its loading found."""
+
+
+@contextlib.contextmanager
+def explain_no_training_data(names: Sequence[str], key: str):
+    """
+    Around the building of a train loader of the datasets ``names`` (the config's ``key``):
+    detectron2's bare assertions "No valid data found in ..." and "Dataset '...' is empty!" (no
+    image with a box is left) become a DatasetError naming the datasets, with the summary lines of
+    their loading (what was dropped, e.g. boxes of unknown classes) and what to check.
+    """
+    try:
+        yield
+    except AssertionError as e:
+        if not (str(e).startswith("No valid data found") or str(e).endswith("is empty!")):
+            raise
+        found = " ".join(f"{s}." for s in map(loaded_summary, names) if s)
+        raise DatasetError(
+            f"{key}: no image of {', '.join(names)} has a box to train on (detectron2: {str(e).rstrip('.')})."
+            + (f" What the loading found: {found}" if found else "")
+            + " Check that the annotations' classes (names, category ids) are the dataset's, and that its "
+            "images are where they are looked for"
+        ) from None
 
 
 def check_datasets(names, key: str) -> None:
@@ -107,8 +176,6 @@ def check_datasets(names, key: str) -> None:
     registers COCO, LVIS, ... with paths under ``$DETECTRON2_DATASETS``, and loads them only when
     training starts). Raises FileNotFoundError / KeyError naming the dataset, the path and the fix.
     """
-    from detectron2.data import MetadataCatalog
-
     registered = DatasetCatalog.list()
     for name in names:
         if name not in registered:

@@ -9,20 +9,19 @@ from typing import Dict, List, Optional, Tuple
 from detectron2.structures import BoxMode
 from PIL import Image
 
-__all__ = ["sanitize_dataset_dicts", "image_file_size", "DropLog"]
+__all__ = ["sanitize_dataset_dicts", "image_file_size", "DropLog", "loaded_summary"]
 
 logger = logging.getLogger(__name__)
 
 _EXIF_ORIENTATION = 274  # the tag detectron2's read_image honours
 _EXAMPLES = 3  # example files named per kind in the summary line
+# The last summary line of each dataset loaded in this process: an error that comes later (no box
+# to train on) repeats it, so that its one line says what the loading dropped.
+_SUMMARIES: Dict[str, str] = {}
 
 
-def image_file_size(path: str) -> Optional[Tuple[int, int]]:
-    """
-    ``(height, width)`` of the image file ``path`` as detectron2's ``read_image`` will return it
-    (EXIF orientation applied), read from the file's header without decoding the pixels; None when
-    PIL cannot open it (not an image, an unknown format, a broken header, a missing file).
-    """
+def _image_header(path: str) -> Optional[Tuple[int, int, str]]:
+    """``(height, width, PIL mode)`` of ``path`` as ``read_image`` returns it (see :func:`image_file_size`)."""
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -34,9 +33,26 @@ def image_file_size(path: str) -> Optional[Tuple[int, int]]:
                         width, height = height, width
                 except Exception:  # detectron2 ignores unreadable EXIF as well
                     pass
+            return height, width, image.mode
     except Exception:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         return None
-    return height, width
+
+
+def image_file_size(path: str) -> Optional[Tuple[int, int]]:
+    """
+    ``(height, width)`` of the image file ``path`` as detectron2's ``read_image`` will return it
+    (EXIF orientation applied), read from the file's header without decoding the pixels; None when
+    PIL cannot open it (not an image, an unknown format, a broken header, a missing file).
+    """
+    header = _image_header(path)
+    return header[:2] if header else None
+
+
+def _deep(mode: str) -> bool:
+    # PIL's 16-bit (I;16, I;16B, I;16L, I;16N), 32-bit integer (I) and float (F) modes:
+    # read_image's convert("RGB") clips them to 0-255: a 16-bit image comes out white, one of
+    # floats in [0, 1] black.
+    return mode in ("I", "F") or mode.startswith("I;")
 
 
 class DropLog:
@@ -111,7 +127,11 @@ def sanitize_dataset_dicts(
     - an image file that does not exist: the image is dropped;
     - a file that PIL cannot open (not an image, a broken header; detectron2 reads images with
       PIL, so training would die on it): the image is dropped. Only the header is read;
-    - a missing or invalid ``height``/``width``: read from the image file's header;
+    - an image of 16-bit, 32-bit or float pixels (detectron2 would read it clipped to 8 bits,
+      e.g. white): the image is dropped;
+    - a missing or invalid ``height``/``width``: read from the image file's header; one that
+      differs from the file's (EXIF orientation applied, as detectron2 reads it): the file's is
+      used, the boxes kept as given;
     - a box partly outside the image: clipped to it;
     - a box of zero area (after clipping; wholly outside the image included): dropped;
     - a box with a missing, non-numeric or non-finite coordinate (or not 4 of them): dropped;
@@ -131,14 +151,23 @@ def sanitize_dataset_dicts(
             if not os.path.isfile(file_name):
                 log.add("missing image files", example)
                 continue
-            size = image_file_size(file_name)
-            if size is None:
+            header = _image_header(file_name)
+            if header is None:
                 log.add("unreadable image files", example)
                 continue
+            if _deep(header[2]):
+                log.add("images of 16-bit, 32-bit or float pixels, which detectron2 reads clipped to 8 bits: "
+                        "convert them to 8-bit", f"{example} in mode {header[2]}")
+                continue
+            # detectron2's mapper compares the size with the image it reads and raises on a
+            # mismatch; the boxes are then clipped in the frame of that image, not the stored one.
             if not (_is_size(h) and _is_size(w)):
-                # detectron2's mapper needs the size: without it, it would raise a size mismatch.
-                h, w = size
                 log.add("image sizes read from the image file", example)
+            elif (h, w) != header[:2]:
+                log.add("image sizes (width x height) that disagreed with the file, the file's used",
+                        f"{example}: {w:g}x{h:g} given, {header[1]}x{header[0]} in the file")
+            if (h, w) != header[:2]:
+                h, w = header[:2]
                 record = dict(record, height=h, width=w)
         if not (_is_size(h) and _is_size(w)):
             h = w = None
@@ -165,8 +194,12 @@ def sanitize_dataset_dicts(
         out.append(dict(record, annotations=annos))
     n_boxes = sum(len(r["annotations"]) for r in out)
     found = log.summary()
-    logger.info(
-        "%s: %d images, %d boxes%s", name, len(out), n_boxes,
-        f"; mended or dropped: {found}" if found else "; no broken annotation",
-    )
+    _SUMMARIES[name] = f"{name}: {len(out)} images, {n_boxes} boxes" + (
+        f"; mended or dropped: {found}" if found else "; no broken annotation")
+    logger.info("%s", _SUMMARIES[name])
     return out
+
+
+def loaded_summary(name: str) -> Optional[str]:
+    """The summary line ``sanitize_dataset_dicts`` logged for the dataset ``name`` in this process, or None."""
+    return _SUMMARIES.get(name)

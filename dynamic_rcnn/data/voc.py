@@ -14,7 +14,8 @@ __all__ = ["load_voc_instances", "register_voc", "BCCD_CLASSES"]
 logger = logging.getLogger(__name__)
 
 BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
-UNKNOWN_CLASS = -1
+# Extensions looked for under JPEGImages/<id> when <id>.jpg is not there (any case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _text(node, path, default=None):
@@ -38,10 +39,30 @@ def _size(text):
         return None
 
 
+def _image_of(folder: str, image_id: str, listing: Dict[str, str]) -> str:
+    """
+    ``folder/<image_id>.jpg``, as detectron2's VOC loader reads it; when that does not exist, the
+    ``folder/<image_id>.<ext>`` of ``listing`` (lower-cased name -> name) with an image extension of
+    any case (``IMG_0004.JPG``, ``v004.png``), the first of ``IMAGE_EXTENSIONS``; else the ``.jpg``
+    path (the sanitizer counts it missing).
+    """
+    jpg = os.path.join(folder, f"{image_id}.jpg")
+    if os.path.isfile(jpg):
+        return jpg
+    for ext in IMAGE_EXTENSIONS:
+        name = listing.get(f"{image_id}{ext}".lower())
+        if name is not None and os.path.splitext(name)[0] == image_id:
+            return os.path.join(folder, name)
+    return jpg
+
+
 def load_voc_instances(root: str, split, class_names: Sequence[str], name: str = None) -> List[Dict]:
     """
     Read ``root/ImageSets/Main/{split}.txt``, ``root/Annotations/*.xml`` and ``root/JPEGImages``.
     ``split`` may be a sequence of splits, read one after the other (e.g. ``("val", "test")``).
+    The image of an id is ``JPEGImages/<id>.jpg``, else ``JPEGImages/<id>.<ext>`` of an image
+    extension (:func:`_image_of`), as in detectron2's VOC loader; an XML ``<filename>`` naming
+    another image (another stem; case and extension do not count) is not followed, but counted.
 
     Boxes use VOC's 1-based pixel indexes (as detectron2's own VOC loader, 1 is taken off the
     minimum corner of boxes that have an extent). Broken annotations are mended or dropped by
@@ -58,6 +79,8 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
         with open(split_file) as f:
             ids += [line.split()[0] for line in f if line.strip()]
     index = {c: i for i, c in enumerate(class_names)}
+    images = os.path.join(root, "JPEGImages")
+    listing = {n.lower(): n for n in (os.listdir(images) if os.path.isdir(images) else [])}
     dicts, dropped = [], DropLog()
     for image_id in ids:
         xml_file = os.path.join(root, "Annotations", f"{image_id}.xml")
@@ -71,15 +94,26 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
             logger.warning("%s: skipping %s: %s", name or root, xml_file, e)
             dropped.add("unreadable annotation files", os.path.basename(xml_file))
             continue
-        file_name = _text(tree, "filename") or f"{image_id}.jpg"
+        file_name = _image_of(images, image_id, listing)
+        # The id decides, not <filename>: following it, two XML files naming one image would train
+        # on that image twice, each time with other boxes.
+        named = os.path.basename(_text(tree, "filename") or "")
+        if named and os.path.splitext(named)[0].lower() != image_id.lower():
+            dropped.add("XML <filename> of another image than the split id's, the id's image used",
+                        f"{image_id}.xml names {named}")
         record = {
-            "file_name": os.path.join(root, "JPEGImages", os.path.basename(file_name)),
+            "file_name": file_name,
             "image_id": image_id,
             "height": _size(_text(tree, "size/height")),
             "width": _size(_text(tree, "size/width")),
             "annotations": [],
         }
         for obj in tree.findall("object"):
+            cls = _text(obj, "name")
+            if cls not in index:  # named here: the sanitizer only sees a category id
+                kind = f"boxes of the unknown class {cls!r}" if cls else "boxes without a class <name>"
+                dropped.add(kind, os.path.basename(file_name))
+                continue
             box = [_number(_text(obj, f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
             # A box whose corners coincide as written (BCCD has two) has zero area, whatever
             # the pixel convention: it is left so for the sanitizer to drop and count.
@@ -90,7 +124,7 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
                 {
                     "bbox": box,
                     "bbox_mode": BoxMode.XYXY_ABS,
-                    "category_id": index.get(_text(obj, "name"), UNKNOWN_CLASS),
+                    "category_id": index[cls],
                     "iscrowd": 0,
                 }
             )
