@@ -7,6 +7,7 @@ process after warm-up; the script prints the median step time of each and their 
 peak memory of each and their ratio.
 
     python benchmarks/overhead.py --preset tiny  [--steps 20]        # shapes R-18-FPN, 192 px, 4 images
+    python benchmarks/overhead.py --preset tiny-cascade --count-ops  # Dynamic Cascade vs CascadeROIHeads
     python benchmarks/overhead.py --preset r50-coco --steps 3        # R-50-FPN, 800 x 1216, 2 images
     python benchmarks/overhead.py --count-ops [--opts MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False]
 
@@ -34,7 +35,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dynamic_rcnn.hook import find_tracker  # noqa: E402
+from dynamic_rcnn.hook import find_trackers  # noqa: E402
 
 PRESETS = {
     "tiny": {
@@ -43,6 +44,14 @@ PRESETS = {
         # The paper's rule, as on COCO: the appended ground truth counts, K_E 10 (the shapes config's
         # setting leaves it out and takes K_E 20; --opts measures it).
         "opts": ["MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", True, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 10],
+    },
+    "tiny-cascade": {
+        "config": "configs/shapes/dynamic_cascade_rcnn_R_18_FPN_shapes.yaml",
+        "image_size": (192, 192),
+        # The defaults of docs/CASCADE.md; the baseline is detectron2's CascadeROIHeads at the floors
+        # and ceilings the dynamic stages start from.
+        "opts": ["MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", True],
+        "baseline_opts": ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 1.0],
     },
     "r50-coco": {
         "config": "configs/dynamic_rcnn_R_50_FPN_1x.yaml",
@@ -66,8 +75,8 @@ def build(preset, head, device, period, dynamic_opts=()):
     opts = list(p["opts"]) + ["MODEL.DEVICE", device, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", period]
     if head == "standard":
         # The baseline the dynamic head starts from: IoU 0.4 (warm-up), SmoothL1 beta 1.0.
-        opts += ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS", [0.4],
-                 "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 1.0]
+        opts += p.get("baseline_opts", ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.IOU_THRESHOLDS",
+                                        [0.4], "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 1.0])
     else:
         opts += list(dynamic_opts)
     cfg = load_config(os.path.join(ROOT, p["config"]), opts)
@@ -105,7 +114,7 @@ class Runner:
         from dynamic_rcnn import DynamicRCNNHook
         model.train()
         self.trainer = SimpleTrainer(model, batches, optimizer)
-        if find_tracker(model) is not None:
+        if find_trackers(model):
             self.trainer.register_hooks([DynamicRCNNHook()])
         self.storage = EventStorage(0)
         self.trainer.storage = self.storage
@@ -157,8 +166,8 @@ def timing(args):
                 if mem is not None:
                     memory[head].append(mem)
         print(f"step {i + 1}/{args.warmup + args.steps}: " + ", ".join(f"{h} {times[h][-1] if times[h] else 0:.4f} s" for h in heads), file=sys.stderr)
-    tracker = find_tracker(runners[heads[0]].trainer.model)
-    return heads, times, memory, tracker
+    trackers = find_trackers(runners[heads[0]].trainer.model)
+    return heads, times, memory, trackers
 
 
 def count_ops(args):
@@ -231,7 +240,7 @@ def main(argv=None):
         print(json.dumps({"preset": args.preset, "opts": args.opts, "aten_ops": counts}))
         return 0
 
-    heads, times, memory, tracker = timing(args)
+    heads, times, memory, trackers = timing(args)
     a, b = heads
     med = {h: statistics.median(v) for h, v in times.items()}
     paired = statistics.median(x / y for x, y in zip(times[a], times[b]))
@@ -254,7 +263,7 @@ def main(argv=None):
         "peak_memory_mb": peak,
         "memory_ratio": peak[a] / peak[b],
         "memory_kind": memory_kind,
-        "dynamic_state_after": None if tracker is None else {"iou_threshold": tracker.iou_threshold, "beta": tracker.beta},
+        "dynamic_state_after": [{"iou_threshold": t.iou_threshold, "beta": t.beta} for t in trackers],
     }
     print(f"preset {args.preset} on {machine}, {args.steps} steps each, A B / B A alternating after {args.warmup} warm-up")
     print(f"  median step   {a} {med[a]:.4f} s   {b} {med[b]:.4f} s   ratio {result['time_ratio']:.4f}"

@@ -7,7 +7,7 @@ from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 from detectron2.structures import Boxes, Instances
 
-from .config import cascade_tracker_args, check_box_loss, validate_dynamic_rcnn_config
+from .config import cascade_tracker_args, check_box_loss, validate_dynamic_rcnn_config, warn_unmovable
 from .roi_heads import DynamicMatcher, record_statistics
 from .tracker import DynamicTracker
 
@@ -66,6 +66,7 @@ class DynamicCascadeROIHeads(CascadeROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         validate_dynamic_rcnn_config(cfg)
+        warn_unmovable(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["trackers"] = [DynamicTracker(**args) for args in cascade_tracker_args(cfg)]
         return ret

@@ -225,6 +225,38 @@ def check_cascade(cfg) -> None:
         )
 
 
+def warn_unmovable(cfg) -> None:
+    """
+    Warn (at model build, when the log exists) about settings that are valid but leave a value unable to
+    move: a K_I or K_E not below the boxes a stage labels an image (the statistic is then the smallest
+    IoU, usually 0, or the largest error of the batch), or ``STATS_INCLUDE_GT`` with no appended
+    ground truth to include.
+    """
+    d, head = cfg.MODEL.DYNAMIC_RCNN, cfg.MODEL.ROI_HEADS.NAME
+    if head == "DynamicCascadeROIHeads":
+        stages = cascade_tracker_args(cfg)
+        boxes = [cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN] + [cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE] * (len(stages) - 1)
+        names = [(f"MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK of stage {k}", f"MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK of stage {k}")
+                 for k in range(len(stages))]
+    else:
+        stages = [{"iou_topk": d.IOU_TOPK, "error_topk": d.BETA_TOPK, "enable_dla": d.ENABLE_DLA, "enable_dsl": d.ENABLE_DSL}]
+        boxes, names = [cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN], [("MODEL.DYNAMIC_RCNN.IOU_TOPK", "MODEL.DYNAMIC_RCNN.BETA_TOPK")]
+    where = ["MODEL.RPN.POST_NMS_TOPK_TRAIN"] + ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] * (len(stages) - 1)
+    for args, n, (iou_key, error_key), source in zip(stages, boxes, names, where):
+        if args["enable_dla"] and args["iou_topk"] >= n:
+            logger.warning("%s = %d is not below the %d boxes an image (%s): the IoU statistic is then an image's "
+                           "smallest IoU, usually 0, and the threshold stays at its floor. Lower it (7.5 %% of the "
+                           "boxes is the paper's share).", iou_key, args["iou_topk"], n, source)
+        if args["enable_dsl"] and args["error_topk"] >= n:
+            logger.warning("%s = %d is not below the %d boxes an image (%s): the error statistic is then the largest "
+                           "error of the batch, and beta cannot fall. Lower it (the paper's is 10 of 1000).",
+                           error_key, args["error_topk"], n, source)
+    if d.STATS_INCLUDE_GT and not cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT and (d.ENABLE_DLA or d.ENABLE_DSL):
+        logger.warning("MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT True has no ground truth to include: "
+                       "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT is False, so the statistics are over the RPN's proposals "
+                       "only, as with STATS_INCLUDE_GT False. Set it False to say so.")
+
+
 def validate_dynamic_rcnn_config(cfg):
     """
     Check the Dynamic R-CNN keys of a config, so that a bad value fails at start-up with a

@@ -94,28 +94,38 @@ def _figure(rows):
     return plt, fig, axes[:, 0]
 
 
+def _scopes(series: Series) -> List[str]:
+    """``[""]`` for a single head's scalars, ``["stage0/", "stage1/", ...]`` for a cascade's, in stage order."""
+    prefixes = {k[: -len("dynamic_rcnn/iou_threshold")] for k in series if k.endswith("dynamic_rcnn/iou_threshold")}
+    return sorted(prefixes, key=lambda p: (len(p), p))
+
+
 def plot_dynamics(series: Series, out_file: str, update_period=None) -> bool:
     """
     Draw ``dynamics.png``; False (nothing drawn) when the run has no Dynamic R-CNN scalars. Each
-    change of the threshold or beta is drawn at its update iteration (see :func:`update_steps`).
+    change of the threshold or beta is drawn at its update iteration (see :func:`update_steps`); a
+    cascade's stages each in their colour.
     """
-    panels = [
-        ("dynamic_rcnn/iou_threshold", "dynamic_rcnn/iou_stat", "IoU threshold", "IoU statistic (K_I-th IoU)"),
-        ("dynamic_rcnn/beta", "dynamic_rcnn/error_stat", "SmoothL1 beta", "error statistic (K_E-th error)"),
-    ]
-    if not any(value in series for value, *_ in panels):
+    scopes = _scopes(series)
+    if not scopes:
         return False
+    panels = [("iou_threshold", "iou_stat", "IoU threshold", "IoU statistic (K_I-th IoU)"),
+              ("beta", "error_stat", "SmoothL1 beta", "error statistic (K_E-th error)")]
     plt, fig, axes = _figure(2)
     for ax, (value, stat, value_label, stat_label) in zip(axes, panels):
-        if stat in series:
-            xs, ys = zip(*series[stat])
-            ax.plot(xs, ys, ".", color="0.6", markersize=3, label=stat_label)
-        if value in series:
-            xs, ys = zip(*update_steps(series[value], update_period))
-            ax.step(xs, ys, where="post", color="C3", linewidth=2, label=value_label)
+        for i, scope in enumerate(scopes):
+            name = f"{scope.rstrip('/')} " if scope else ""
+            color = f"C{i}" if scope else "C3"
+            if f"{scope}dynamic_rcnn/{stat}" in series:
+                xs, ys = zip(*series[f"{scope}dynamic_rcnn/{stat}"])
+                ax.plot(xs, ys, ".", color=color if scope else "0.6", markersize=3, alpha=0.5 if scope else 1,
+                        label=name + stat_label)
+            if f"{scope}dynamic_rcnn/{value}" in series:
+                xs, ys = zip(*update_steps(series[f"{scope}dynamic_rcnn/{value}"], update_period))
+                ax.step(xs, ys, where="post", color=color, linewidth=2, label=name + value_label)
         ax.set_ylabel(value_label)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        ax.legend(loc="best", fontsize=7 if len(scopes) > 1 else None)
     axes[0].set_title("Dynamic R-CNN: settings in force and the proposal statistics behind them")
     axes[-1].set_xlabel("iteration")
     fig.tight_layout()
@@ -162,7 +172,7 @@ def main(argv=None) -> int:
     out = args.out or args.run_dir
     os.makedirs(out, exist_ok=True)
     period = args.update_period or read_update_period(args.run_dir)
-    if period is None and "dynamic_rcnn/iou_threshold" in series:
+    if period is None and any(k.endswith("dynamic_rcnn/iou_threshold") for k in series):
         print(f"note: no UPDATE_PERIOD (no {args.run_dir}/config.yaml, no --update-period): each update "
               "is drawn at the first logged iteration after it")
     drawn = {

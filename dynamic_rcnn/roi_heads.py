@@ -8,7 +8,13 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from .config import CONFIG_KEYS, check_box_loss, check_dynamic_rcnn_args, validate_dynamic_rcnn_config
+from .config import (
+    CONFIG_KEYS,
+    check_box_loss,
+    check_dynamic_rcnn_args,
+    validate_dynamic_rcnn_config,
+    warn_unmovable,
+)
 from .statistics import box_errors, error_statistic, iou_statistic
 from .tracker import DynamicTracker, scalar_name
 
@@ -89,6 +95,7 @@ class DynamicROIHeads(StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         validate_dynamic_rcnn_config(cfg)
+        warn_unmovable(cfg)
         ret = super().from_config(cfg, input_shape)
         d = cfg.MODEL.DYNAMIC_RCNN
         ret["tracker"] = DynamicTracker(**{arg: d[key] for arg, key in CONFIG_KEYS.items()})
@@ -149,7 +156,7 @@ def record_statistics(tracker: DynamicTracker, ious, sources, matched, appended,
     - ``sources``, ``matched``: the counted boxes whose errors are computed (Nx4) and the ground-truth
       box each matched best; they are the first N of ``ious``;
     - ``appended``: how many appended ground-truth boxes follow them in ``ious``. They count error 0
-      (their target is themselves): written, not computed, so that a degenerate box a custom mapper
+      (their target is themselves): counted, not computed, so that a degenerate box a custom mapper
       let through cannot divide by its zero width. Boxes of the RPN or of a cascade stage are never empty.
 
     Also writes ``dynamic_rcnn/proposal_fg`` (under the tracker's scope): the counted boxes an image at or
@@ -158,9 +165,10 @@ def record_statistics(tracker: DynamicTracker, ious, sources, matched, appended,
     if not ious:
         return
     errors = box_errors(torch.cat(sources), torch.cat(matched), box2box_transform).split([len(b) for b in sources])
-    errors = [torch.cat([e, e.new_zeros(m)]) if m else e for e, m in zip(errors, appended)]
-    fg = torch.stack([(v[: len(b)] >= tracker.iou_threshold).sum() for v, b in zip(ious, sources)]).float().mean()
-    stats = torch.stack([iou_statistic(ious, tracker.iou_topk), error_statistic(errors, tracker.error_topk), fg])
+    # Appended boxes overlap themselves (IoU 1): every one is at or above the threshold.
+    fg = ((torch.cat(list(ious)) >= tracker.iou_threshold).sum() - sum(appended)) / len(ious)
+    stats = torch.stack([iou_statistic(ious, tracker.iou_topk),
+                         error_statistic(errors, tracker.error_topk, appended), fg.float()])
     # The matching just before synchronised the device: reading three numbers is cheap here.
     iou_stat, error_stat, fg = stats.tolist()
     tracker.record(iou_stat, error_stat)

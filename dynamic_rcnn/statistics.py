@@ -55,22 +55,28 @@ def iou_statistic(max_ious: Sequence[torch.Tensor], topk: int) -> Optional[torch
     return torch.stack([top[i, k - 1] for i, k in enumerate(ks)]).mean()
 
 
-def error_statistic(errors: Sequence[torch.Tensor], topk: int) -> Optional[torch.Tensor]:
+def error_statistic(errors: Sequence[torch.Tensor], topk: int, zeros: Optional[Sequence[int]] = None
+                    ) -> Optional[torch.Tensor]:
     """
     Args:
         errors: one 1-D tensor per image that has ground truth: for every box, the error
             ``(|dx| + |dy|) / 2`` of its regression target to its best-matching ground truth.
         topk: K_E >= 1.
+        zeros: per image, how many more errors of exactly 0 it has (appended ground-truth boxes,
+            whose target is themselves); none by default.
 
     Returns:
         0-dim tensor: the k-th smallest error of the batch, ``k = min(K_E x images with values,
         number of values)``; None when there is none.
     """
-    kept = [e for e in errors if e.numel() > 0]
+    kept = [(e, z) for e, z in zip(errors, zeros or [0] * len(errors)) if e.numel() + z > 0]
     if not kept:
         return None
-    values = torch.cat(kept)
-    return torch.kthvalue(values, min(topk * len(kept), values.numel())).values
+    values = torch.cat([e for e, _ in kept])
+    n_zeros = sum(z for _, z in kept)
+    k = min(topk * len(kept), values.numel() + n_zeros)
+    # The zeros come first in the order: no need to make them, only to count them.
+    return values.new_zeros(()) if k <= n_zeros else torch.kthvalue(values, k - n_zeros).values
 
 
 def updated_iou_threshold(iou_stats: Sequence[float], current: float, warmup_iou: float) -> float:

@@ -1,5 +1,7 @@
 """Tiny configs, models and inputs shared by the tests: small enough for 2 CPU cores."""
+import contextlib
 import importlib.util
+import logging
 import os
 import tempfile
 
@@ -130,3 +132,24 @@ def reference_statistics(proposal_boxes, gt_boxes, box2box_transform, iou_topk, 
     best = [pairwise_iou(g, p).max(dim=0) for p, g in kept]
     errors = [box_errors(p.tensor, g.tensor[b.indices], box2box_transform) for (p, g), b in zip(kept, best)]
     return iou_statistic([b.values for b in best], iou_topk), error_statistic(errors, error_topk)
+
+
+@contextlib.contextmanager
+def logged_warnings(name="dynamic_rcnn"):
+    """
+    The messages of the warnings the ``name`` logger emits meanwhile. A handler of its own: once a
+    trainer has set up detectron2's logs, the project's logger shares their handlers and does not
+    propagate to pytest's ``caplog``.
+    """
+    messages = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler, logger = Handler(logging.WARNING), logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

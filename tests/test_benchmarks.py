@@ -113,11 +113,11 @@ def test_overhead_alternates_the_first_head_and_times_both():
 
     overhead.Runner.step = step
     args = argparse.Namespace(threads=0, control=False, preset="tiny", device="cpu", period=1, steps=1, warmup=1, opts=[])
-    heads, times, memory, tracker = overhead.timing(args)
+    heads, times, memory, trackers = overhead.timing(args)
     assert heads == ("dynamic", "standard") and [len(times[h]) for h in heads] == [1, 1]
     # A B, then B A: neither head always goes first.
     assert order == ["DynamicROIHeads", "StandardROIHeads", "StandardROIHeads", "DynamicROIHeads"]
-    assert tracker is not None and tracker.beta < 1.0  # period 1: the hook updated before step 2
+    assert len(trackers) == 1 and trackers[0].beta < 1.0  # period 1: the hook updated before step 2
 
 
 def test_count_ops_counts_what_the_dynamic_head_adds():

@@ -168,3 +168,25 @@ def test_head_checks_its_arguments_however_it_is_built():
     with pytest.raises(ValueError, match=r"MIN_POSITIVES_IOU \(argument `min_positives_iou`\) was removed"):
         DynamicROIHeads(**dict(args, min_positives_iou=0.5))
     DynamicROIHeads(**args)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.DYNAMIC_RCNN.BETA_TOPK", 150], "MODEL.DYNAMIC_RCNN.BETA_TOPK = 150 is not below the 150 boxes an image "
+                                            "(MODEL.RPN.POST_NMS_TOPK_TRAIN): the error statistic is then the largest"),
+    (["MODEL.DYNAMIC_RCNN.IOU_TOPK", 200], "MODEL.DYNAMIC_RCNN.IOU_TOPK = 200 is not below the 150 boxes an image"),
+    (["MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", False, "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", True],
+     "STATS_INCLUDE_GT True has no ground truth to include: MODEL.ROI_HEADS.PROPOSAL_APPEND_GT is False"),
+    (["MODEL.ROI_HEADS.NAME", "DynamicCascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True,
+      "MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK", [10, 64, 10]],
+     "MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK of stage 1 = 64 is not below the 64 boxes an image "
+     "(MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)"),
+])
+def test_settings_that_leave_a_value_unable_to_move_are_warned_about_when_the_model_is_built(opts, message):
+    from conftest import logged_warnings
+
+    with logged_warnings() as messages:
+        build_model(tiny_cfg(*opts))
+    assert any(message in m for m in messages), messages
+    with logged_warnings() as messages:
+        build_model(tiny_cfg())  # the tiny config: nothing to say
+    assert messages == []

@@ -7,7 +7,7 @@ import torch
 
 from dynamic_rcnn import DynamicRCNNHook, Trainer, add_dynamic_rcnn_hook
 
-from conftest import tiny_cfg
+from conftest import logged_warnings, tiny_cfg
 
 # A low warm-up IoU and a high warm-up beta, so that the first update moves both off them even
 # on a model that has trained for a few iterations only; one update every 4 iterations.
@@ -264,3 +264,19 @@ def test_hook_after_the_checkpointer_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
         trainer.train(0, 1)
     assert "registered after PeriodicCheckpointer" in caplog.text
+
+
+def test_a_threshold_that_leaves_no_proposal_as_foreground_is_said_once(tmp_path):
+    """WARMUP_IOU 0.999: the box head trains on the appended ground truth alone; said after 3 periods."""
+    with logged_warnings() as messages:
+        trainer = train(str(tmp_path), 9, False, "MODEL.DYNAMIC_RCNN.WARMUP_IOU", 0.999,
+                        "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 2)
+    warnings = [m for m in messages if "at or above it" in m]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Dynamic R-CNN: for 3 update periods (up to iteration 5) the IoU threshold, now "
+                                  "0.9990, left 0.00 RPN proposals an image at or above it (dynamic_rcnn/proposal_fg)")
+    assert "Lower MODEL.DYNAMIC_RCNN.WARMUP_IOU, the threshold's floor (0.9990)" in warnings[0]
+    assert all(v == 0 for v, _ in trainer.storage.history("dynamic_rcnn/proposal_fg").values())
+    with logged_warnings() as messages:
+        train(str(tmp_path / "low"), 9, False, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 2)  # WARMUP_IOU 0.05
+    assert not any("at or above it" in m for m in messages)

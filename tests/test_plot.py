@@ -68,3 +68,22 @@ def test_plot_says_how_many_unreadable_lines_it_skipped(tmp_path, capsys):
     metrics = tmp_path / "metrics.json"
     assert f"note: skipped 1 unreadable line of {metrics} (a run cut off while writing?)\n" in capsys.readouterr().out
     assert read_metrics(str(metrics)) == {"total_loss": [(19, 0.05), (39, 0.025)]}  # what its other callers get
+
+
+def test_plot_draws_every_stage_of_a_cascade(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    rows = [{"iteration": i, **{f"stage{k}/dynamic_rcnn/{name}": 0.5 + k / 10 + i / 1000
+                                for k in range(3) for name in ("iou_threshold", "iou_stat", "beta", "error_stat")}}
+            for i in range(0, 100, 20)]
+    write_metrics(str(tmp_path / "metrics.json"), rows)
+    labels = []
+    original = matplotlib.axes.Axes.step
+
+    def step(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "step", step)
+    assert plot_dynamics(read_metrics(str(tmp_path / "metrics.json")), str(tmp_path / "dynamics.png")) is True
+    assert labels == [f"stage{k} {what}" for what in ("IoU threshold", "SmoothL1 beta") for k in range(3)]

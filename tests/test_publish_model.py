@@ -59,9 +59,13 @@ save("traced", inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
 
 fields = {"proposal_boxes": Boxes, "objectness_logits": torch.Tensor, "pred_boxes": Boxes,
           "scores": torch.Tensor, "pred_classes": torch.Tensor}
-scripted = scripting_with_instances(model, fields)
-inst = scripted.inference([{"image": tensor}], do_postprocess=False)[0]
-save("scripted", inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+try:
+    scripted = scripting_with_instances(model, fields)
+except RuntimeError as e:  # detectron2's own CascadeROIHeads does not script: said, for the test to check
+    out["scripting_error"] = str(e)
+else:
+    inst = scripted.inference([{"image": tensor}], do_postprocess=False)[0]
+    save("scripted", inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
 
 assert not any(m.startswith("dynamic_rcnn") for m in sys.modules), "dynamic_rcnn was imported"
 print(json.dumps(out))
@@ -72,12 +76,16 @@ def load_tool(name):
     return load_module(f"tools/{name}.py")
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    """A tiny Dynamic R-CNN run (random weights) published to a release folder."""
+HEADS = {"DynamicROIHeads": ("StandardROIHeads", []),
+         "DynamicCascadeROIHeads": ("CascadeROIHeads", ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True])}
+
+
+@pytest.fixture(scope="module", params=list(HEADS))
+def release(tmp_path_factory, request):
+    """A tiny Dynamic R-CNN run (random weights; the single head or the cascade) published to a release folder."""
     base = tmp_path_factory.mktemp("release")
     run, out = base / "run", base / "releases"
-    cfg = tiny_cfg("OUTPUT_DIR", str(run))
+    cfg = tiny_cfg("OUTPUT_DIR", str(run), "MODEL.ROI_HEADS.NAME", request.param, *HEADS[request.param][1])
     torch.manual_seed(0)
     model = build_model(cfg)
     os.makedirs(run)
@@ -92,8 +100,9 @@ def test_inference_config_is_plain_detectron2(release):
     metrics = json.loads((out / "tiny.metrics.json").read_text())
     assert metrics["inference_config"] == "tiny.inference.yaml"
     text = (out / "tiny.inference.yaml").read_text()
-    assert "DYNAMIC_RCNN" not in text and "DynamicROIHeads" not in text
-    assert "NAME: StandardROIHeads" in text and f"WEIGHTS: {metrics['checkpoint']}" in text
+    trained_with = metrics["roi_heads"]
+    assert "DYNAMIC_RCNN" not in text and f"NAME: {trained_with}" not in text
+    assert f"NAME: {HEADS[trained_with][0]}" in text and f"WEIGHTS: {metrics['checkpoint']}" in text
 
 
 def test_plain_detectron2_gives_the_projects_detections(release, tmp_path):
@@ -105,13 +114,20 @@ def test_plain_detectron2_gives_the_projects_detections(release, tmp_path):
                           text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     plain = json.loads(proc.stdout.strip().splitlines()[-1])
+    if cfg.MODEL.ROI_HEADS.NAME == "DynamicCascadeROIHeads":
+        # TorchScript fails inside detectron2's own CascadeROIHeads (a stock Cascade model alike): the
+        # release exports as far as detectron2's Cascade does.
+        assert "cascade_rcnn.py" in plain.pop("scripting_error")
+        assert set(plain) == {"predictor", "build_model", "traced"}
+    else:
+        assert set(plain) == {"predictor", "build_model", "traced", "scripted"}
 
     # Through the project: the training config, DynamicROIHeads, the released weights.
     cfg = cfg.clone()
     cfg.MODEL.WEIGHTS = str(out / json.loads((out / "tiny.metrics.json").read_text())["checkpoint"])
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     inst = DefaultPredictor(cfg)(image)["instances"]
-    assert type(DefaultPredictor(cfg).model.roi_heads).__name__ == "DynamicROIHeads"
+    assert type(DefaultPredictor(cfg).model.roi_heads).__name__ == cfg.MODEL.ROI_HEADS.NAME
     want_boxes, want_scores = inst.pred_boxes.tensor.numpy(), inst.scores.numpy()
     assert len(want_boxes) > 0
     for way, (boxes, scores, classes) in plain.items():

@@ -95,3 +95,16 @@ def test_beta_is_window_median_with_warmup_ceiling_and_guard():
     tiny = BETA_COLLAPSE_GUARD / 10
     assert updated_beta([0.0, 0.0, tiny], current=0.3, warmup_beta=1.0) == 0.3
     assert updated_beta([], current=0.3, warmup_beta=1.0) == 0.3
+
+
+def test_error_statistic_counts_the_zeros_of_appended_ground_truth_without_making_them():
+    errors = [torch.tensor([20.0, 5.0, 2.5]), torch.tensor([5.0])]
+    # Image 1 has 2 appended boxes (error 0), image 2 one: values 0, 0, 0, 2.5, 5, 5, 20.
+    assert error_statistic(errors, topk=1, zeros=[2, 1]).item() == 0.0  # k = 2 <= 3 zeros
+    assert error_statistic(errors, topk=2, zeros=[2, 1]).item() == pytest.approx(2.5)  # k = 4
+    assert error_statistic(errors, topk=10, zeros=[2, 1]).item() == pytest.approx(20.0)  # k = min(20, 7)
+    # An image with only appended boxes still counts as an image with values: k = 2 of [0, 3], not 1.
+    assert error_statistic([torch.zeros(0), torch.tensor([3.0])], topk=1, zeros=[1, 0]).item() == 3.0
+    # The same as the k-th smallest with the zeros there: k = 6 of the 7 values.
+    reference = torch.kthvalue(torch.tensor([0.0, 0, 0, 20, 5, 2.5, 5]), 6).values
+    assert error_statistic(errors, topk=3, zeros=[2, 1]) == reference

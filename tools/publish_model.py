@@ -42,19 +42,24 @@ def collect_metrics(run_dir: str) -> dict:
     return {"ap": ap, "train": summary}
 
 
+# The Dynamic R-CNN heads, and the detectron2 head each is at inference (the same weights and outputs).
+INFERENCE_HEADS = {"DynamicROIHeads": "StandardROIHeads", "DynamicCascadeROIHeads": "CascadeROIHeads"}
+
+
 def inference_config(cfg_text: str, weights: str) -> str:
     """
     The training config ``cfg_text`` (a full dump, as train_net.py writes config.yaml) as a config of
     plain detectron2: without ``MODEL.DYNAMIC_RCNN``, with ``StandardROIHeads`` in place of
-    ``DynamicROIHeads`` (the same weights and inference) and ``MODEL.WEIGHTS`` set to ``weights``.
+    ``DynamicROIHeads`` and ``CascadeROIHeads`` in place of ``DynamicCascadeROIHeads`` (the same weights
+    and inference), and ``MODEL.WEIGHTS`` set to ``weights``.
     Raises ValueError when a key of the result is unknown to detectron2's ``get_cfg()``.
     """
     from detectron2.config import CfgNode, get_cfg
 
     cfg = CfgNode.load_cfg(cfg_text)
     cfg.MODEL.pop("DYNAMIC_RCNN", None)
-    if cfg.MODEL.ROI_HEADS.NAME == "DynamicROIHeads":
-        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    trained_with = cfg.MODEL.ROI_HEADS.NAME
+    cfg.MODEL.ROI_HEADS.NAME = INFERENCE_HEADS.get(trained_with, trained_with)
     cfg.MODEL.WEIGHTS = weights
     plain = get_cfg()
     try:
@@ -63,7 +68,7 @@ def inference_config(cfg_text: str, weights: str) -> str:
         raise ValueError(f"the run's config has keys plain detectron2 does not know: {e}") from e
     header = (
         "# Inference config for plain detectron2 (no dynamic_rcnn import needed): the model trained with\n"
-        "# Dynamic R-CNN is a StandardROIHeads model at inference. MODEL.WEIGHTS is relative to the\n"
+        f"# {trained_with} is a {cfg.MODEL.ROI_HEADS.NAME} model at inference. MODEL.WEIGHTS is relative to the\n"
         "# release folder: run from there, or give the path (MODEL.WEIGHTS path/to/file).\n"
     )
     return header + plain.dump()
