@@ -38,6 +38,7 @@ COMMANDS = {
     "make demo": STARTS,
     "make releases": STARTS,
     "python train_net.py --config-file configs/dynamic_rcnn_R_50_FPN_1x.yaml --num-gpus 8": ("fails", NO_COCO),
+    "python train_net.py --config-file configs/dynamic_cascade_rcnn_R_50_FPN_1x.yaml --num-gpus 8": ("fails", NO_COCO),
     "python train_net.py --config-file configs/dynamic_rcnn_R_50_FPN_1x.yaml --num-gpus 8 --resume": ("fails", NO_COCO),
     "python train_net.py --config-file configs/dynamic_rcnn_R_50_FPN_1x.yaml --eval-only MODEL.WEIGHTS "
     "output/model_final.pth": ("fails", "error: DATASETS.TEST: the dataset 'coco_2017_val' needs"),

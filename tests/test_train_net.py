@@ -247,3 +247,31 @@ def test_an_output_dir_that_cannot_be_made_is_refused_before_launch(tmp_path, mo
         check_output_dir(str(tmp_path / "new" / "out"), "OUTPUT_DIR")
     assert str(e.value) == (f"OUTPUT_DIR {tmp_path / 'new' / 'out'} cannot be created: this user cannot write "
                             f"in {tmp_path} (its permissions, or a read-only file system)")
+
+
+@pytest.mark.slow
+def test_folders_with_spaces_and_accents_train_and_their_faults_still_answer_in_one_line(tmp_path):
+    """A user's data and output under "données d'été/": they train, and a bad checkpoint there is one line."""
+    from PIL import Image
+
+    base = tmp_path / "données d'été"
+    images = base / "mes images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(images / "é 1.png")
+    json_file = base / "entraînement.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "é 1.png", "height": 64, "width": 64}],
+        "categories": [{"id": 1, "name": "cellule"}],
+        "annotations": [{"id": 1, "image_id": 1, "bbox": [8, 8, 30, 30], "category_id": 1, "iscrowd": 0}]}))
+    out = base / "sortie 1"
+    train_net, args = _in_process("SOLVER.MAX_ITER", 2, "OUTPUT_DIR", out,
+                                  options=["--train-json", json_file, "--train-images", images])
+    from dynamic_rcnn.cli import launch_checked
+
+    launch_checked(train_net.main, args, train_net.checked_config)
+    assert (out / "model_final.pth").is_file() and (out / "metrics.json").is_file()
+    cut = out / "coupé.pth"
+    cut.write_bytes((out / "model_final.pth").read_bytes()[:5000])
+    train_net, args = _in_process("MODEL.WEIGHTS", cut, "OUTPUT_DIR", out, options=["--eval-only"])
+    line = _one_line_exit(train_net, args)
+    assert line.startswith(f"error: Cannot load the checkpoint {cut}: the file is a truncated or damaged zip archive")
