@@ -8,7 +8,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 from detectron2.structures import Boxes, Instances
 
 from .config import cascade_tracker_args, check_box_loss, validate_dynamic_rcnn_config, warn_unmovable
-from .roi_heads import DynamicMatcher, record_statistics
+from .roi_heads import DynamicMatcher, record_proposal_statistics, record_statistics
 from .tracker import DynamicTracker
 
 __all__ = ["DynamicCascadeROIHeads"]
@@ -51,14 +51,12 @@ class DynamicCascadeROIHeads(CascadeROIHeads):
         if len(trackers) != self.num_cascade_stages or not all(isinstance(t, DynamicTracker) for t in trackers):
             raise ValueError(f"DynamicCascadeROIHeads needs one DynamicTracker a stage ({self.num_cascade_stages}), "
                              f"got {[type(t).__name__ for t in trackers]}")
-        for k, (t, matcher) in enumerate(zip(trackers, self.proposal_matchers)):
+        for k, t in enumerate(trackers):
             check_box_loss(t.enable_dsl, getattr(self.box_predictor[k], "box_reg_loss_type", "smooth_l1"))
-            if len(matcher.thresholds) != 3 or matcher.labels != [0, 1] or matcher.allow_low_quality_matches:
-                raise ValueError(f"DynamicCascadeROIHeads needs single-threshold matchers; stage {k} has thresholds "
-                                 f"{matcher.thresholds[1:-1]}, labels {matcher.labels}")
             t.scope = f"stage{k}"  # where the hook writes its scalars, as detectron2 names its stages
         self.trackers = trackers
-        self.proposal_matchers = [DynamicMatcher(m.thresholds[1]) for m in self.proposal_matchers]
+        self.proposal_matchers = [DynamicMatcher.replacing(m, f"DynamicCascadeROIHeads' stage {k}")
+                                  for k, m in enumerate(self.proposal_matchers)]
         self.proposal_matcher = self.proposal_matchers[0]  # stage 0 labels the proposals with it
         self._lineage: Optional[List[List[torch.Tensor]]] = None
         self._apply_tracker_values()
@@ -92,17 +90,8 @@ class DynamicCascadeROIHeads(CascadeROIHeads):
             return super().label_and_sample_proposals(proposals, targets)
         with _recording(self.proposal_matcher) as records:
             sampled = super().label_and_sample_proposals(proposals, targets)
-        with_gt = self.proposal_append_gt and t.stats_include_gt
-        ious, sources, matched, appended = [], [], [], []
-        for p, g, r in zip(proposals, targets, records):
-            if r is None or len(g) == 0 or (len(p) == 0 and not with_gt):
-                continue
-            n = len(p)
-            ious.append(r[0] if with_gt else r[0][:n])
-            sources.append(p.proposal_boxes.tensor)
-            matched.append(g.gt_boxes.tensor[r[1][:n]])
-            appended.append(len(g) if with_gt else 0)
-        record_statistics(t, ious, sources, matched, appended, self.box_predictor[0].box2box_transform)
+        record_proposal_statistics(t, proposals, targets, records, self.proposal_append_gt,
+                                   self.box_predictor[0].box2box_transform)
         return sampled
 
     def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):

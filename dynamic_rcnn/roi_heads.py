@@ -18,7 +18,7 @@ from .config import (
 from .statistics import box_errors, error_statistic, iou_statistic
 from .tracker import DynamicTracker, scalar_name
 
-__all__ = ["DynamicROIHeads", "DynamicMatcher", "record_statistics"]
+__all__ = ["DynamicROIHeads", "DynamicMatcher", "record_proposal_statistics", "record_statistics"]
 
 
 class DynamicMatcher(Matcher):
@@ -33,6 +33,17 @@ class DynamicMatcher(Matcher):
     def __init__(self, threshold: float):
         super().__init__([threshold], [0, 1], allow_low_quality_matches=False)
         self.records: Optional[List[Optional[Tuple[torch.Tensor, torch.Tensor]]]] = None
+
+    @classmethod
+    def replacing(cls, matcher: Matcher, where: str) -> "DynamicMatcher":
+        """A DynamicMatcher at the threshold of ``matcher``, which must be single-threshold (``where`` says whose)."""
+        if len(matcher.thresholds) != 3 or matcher.labels != [0, 1] or matcher.allow_low_quality_matches:
+            raise ValueError(
+                f"{where} needs a single-threshold Matcher with labels [0, 1] and no low-quality matches, got "
+                f"thresholds {matcher.thresholds[1:-1]}, labels {matcher.labels}, "
+                f"allow_low_quality_matches={matcher.allow_low_quality_matches}"
+            )
+        return cls(matcher.thresholds[1])
 
     def __call__(self, match_quality_matrix: torch.Tensor):
         if match_quality_matrix.numel() == 0:
@@ -82,14 +93,7 @@ class DynamicROIHeads(StandardROIHeads):
             raise TypeError(f"DynamicROIHeads needs a DynamicTracker as `tracker`, got {type(tracker).__name__}")
         check_box_loss(tracker.enable_dsl, getattr(self.box_predictor, "box_reg_loss_type", "smooth_l1"))
         self.tracker = tracker
-        matcher = self.proposal_matcher
-        if len(matcher.thresholds) != 3 or matcher.labels != [0, 1] or matcher.allow_low_quality_matches:
-            raise ValueError(
-                "DynamicROIHeads needs a single-threshold Matcher with labels [0, 1] and no "
-                f"low-quality matches, got thresholds {matcher.thresholds[1:-1]}, labels "
-                f"{matcher.labels}, allow_low_quality_matches={matcher.allow_low_quality_matches}"
-            )
-        self.proposal_matcher = DynamicMatcher(matcher.thresholds[1])
+        self.proposal_matcher = DynamicMatcher.replacing(self.proposal_matcher, "DynamicROIHeads")
         self._apply_tracker_values()
 
     @classmethod
@@ -129,23 +133,32 @@ class DynamicROIHeads(StandardROIHeads):
         return sampled
 
     def _record_statistics(self, proposals, targets, records) -> None:
-        if len(records) != len(proposals):
-            raise RuntimeError(
-                f"DynamicMatcher was called {len(records)} times for {len(proposals)} images: "
-                "the statistics need one call per image, as StandardROIHeads makes them."
-            )
-        # The matcher saw the RPN's proposals, then the ground-truth boxes when they are appended.
-        with_gt = self.proposal_append_gt and self.tracker.stats_include_gt
-        ious, sources, matched, appended = [], [], [], []
-        for p, t, r in zip(proposals, targets, records):
-            if r is None or len(t) == 0 or (len(p) == 0 and not with_gt):
-                continue
-            n = len(p)
-            ious.append(r[0] if with_gt else r[0][:n])
-            sources.append(p.proposal_boxes.tensor)
-            matched.append(t.gt_boxes.tensor[r[1][:n]])
-            appended.append(len(t) if with_gt else 0)
-        record_statistics(self.tracker, ious, sources, matched, appended, self.box_predictor.box2box_transform)
+        record_proposal_statistics(self.tracker, proposals, targets, records, self.proposal_append_gt,
+                                   self.box_predictor.box2box_transform)
+
+
+def record_proposal_statistics(tracker, proposals, targets, records, proposal_append_gt, box2box_transform) -> None:
+    """
+    :func:`record_statistics` of the RPN's proposals as ``StandardROIHeads.label_and_sample_proposals``
+    matched them, one ``records`` entry of :class:`DynamicMatcher` an image: the proposals, then the
+    ground-truth boxes when they are appended, which count when ``tracker.stats_include_gt``.
+    """
+    if len(records) != len(proposals):
+        raise RuntimeError(
+            f"DynamicMatcher was called {len(records)} times for {len(proposals)} images: "
+            "the statistics need one call per image, as StandardROIHeads makes them."
+        )
+    with_gt = proposal_append_gt and tracker.stats_include_gt
+    ious, sources, matched, appended = [], [], [], []
+    for p, t, r in zip(proposals, targets, records):
+        if r is None or len(t) == 0 or (len(p) == 0 and not with_gt):
+            continue
+        n = len(p)
+        ious.append(r[0] if with_gt else r[0][:n])
+        sources.append(p.proposal_boxes.tensor)
+        matched.append(t.gt_boxes.tensor[r[1][:n]])
+        appended.append(len(t) if with_gt else 0)
+    record_statistics(tracker, ious, sources, matched, appended, box2box_transform)
 
 
 def record_statistics(tracker: DynamicTracker, ious, sources, matched, appended, box2box_transform) -> None:
