@@ -259,14 +259,17 @@ def test_resume_continues_every_stage_as_the_uninterrupted_run(uninterrupted, tm
         assert in_force(resumed, k, "beta")[first] != 50.0
 
 
-def test_another_number_of_stages_on_resume_is_said(tmp_path):
+@pytest.mark.parametrize("first, then, said", [
+    ("DynamicROIHeads", "DynamicCascadeROIHeads", "of a single head, but this model has a cascade of 3 stages"),
+    ("DynamicCascadeROIHeads", "DynamicROIHeads", "of a cascade of 3 stages, but this model has a single head"),
+])
+def test_another_number_of_stages_on_resume_is_said(tmp_path, first, then, said):
     from dynamic_rcnn.checkpoint import CheckpointError
 
     out = str(tmp_path)
-    train(out, 2, False, "MODEL.ROI_HEADS.NAME", "DynamicROIHeads")  # a single head's checkpoint
-    with pytest.raises(CheckpointError, match="holds the Dynamic R-CNN state of a single head, but this model has "
-                                              "a cascade of 3 stages"):
-        train(out, 4, True)
+    train(out, 2, False, "MODEL.ROI_HEADS.NAME", first)
+    with pytest.raises(CheckpointError, match=f"model_final.pth: .*holds the Dynamic R-CNN state {said}"):
+        train(out, 4, True, "MODEL.ROI_HEADS.NAME", then)
 
 
 def test_one_gather_an_iteration_for_every_stage(monkeypatch):
