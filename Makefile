@@ -28,7 +28,8 @@ demo: env
 
 # Each model of MODEL_ZOO.md: trained (skipped when its run is complete), published to releases/,
 # then loaded back through dynamic_rcnn.model_zoo and evaluated against its metrics file.
-RELEASES := shapes/dynamic_rcnn_R_18_FPN_shapes bccd/dynamic_rcnn_R_18_FPN_bccd
+RELEASES := shapes/dynamic_rcnn_R_18_FPN_shapes bccd/dynamic_rcnn_R_18_FPN_bccd \
+	shapes/dynamic_cascade_rcnn_R_18_FPN_shapes
 releases: env
 	@set -e; for spec in $(RELEASES); do \
 		name=$$(basename $$spec); run=output/release/$$name; \

@@ -61,6 +61,15 @@ def _main_logging_failure(main: Callable, args):
         raise
 
 
+def _own_message(e: Exception) -> str:
+    # One raised in a DataLoader worker comes back as "Caught X in DataLoader worker ... Original
+    # Traceback ...", whose last line is "module.X: <its own message>".
+    text = str(e)
+    if not text.startswith("Caught "):
+        return text
+    return text.strip().splitlines()[-1].removeprefix(f"{type(e).__module__}.{type(e).__name__}: ")
+
+
 def _log_file(output_dir: Optional[str], rank: int) -> str:
     """Where detectron2's ``setup_logger`` writes the log of process ``rank``."""
     name = "log.txt" + (f".rank{rank}" if rank else "")
@@ -92,7 +101,7 @@ def launch_checked(main: Callable, args, checked_config: Callable, output_dir: O
             args=(main, args),
         )
     except (CheckpointError, ConfigError, DatasetError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {_own_message(e)}")
     except (ProcessRaisedException, ProcessExitedException) as e:
         rank = args.machine_rank * args.num_gpus + e.error_index
         log = _log_file(output_dir(checked) if output_dir else None, rank)

@@ -2,9 +2,11 @@
 import contextlib
 import logging
 import os
+import sys
 from collections import OrderedDict
 
-from detectron2.engine import DefaultTrainer
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as _d2_defaults
 from detectron2.engine.defaults import create_ddp_model as _d2_create_ddp_model
 from detectron2.evaluation import verify_results
@@ -14,7 +16,7 @@ from detectron2.utils.events import CommonMetricPrinter
 
 from .checkpoint import AtomicCheckpointer, load_checkpoint
 from .config import validate_dynamic_rcnn_config
-from .data import explain_no_training_data
+from .data import FileNamingMapper, explain_no_training_data
 from .deform_conv import build_model
 from .evaluation import HighIoUCOCOEvaluator, format_ap_table
 from .hook import DynamicRCNNHook, DynamicRCNNMetricPrinter, find_trackers, hook_position
@@ -85,9 +87,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """detectron2's; a training set without a box to train on is a DatasetError that names it."""
+        """detectron2's; a training set without a box to train on, or an image that fails while
+        training, is a DatasetError that names it."""
         with explain_no_training_data(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"):
-            return super().build_train_loader(cfg)
+            return build_detection_train_loader(cfg, mapper=FileNamingMapper(cfg, True))
 
     def build_writers(self):
         """detectron2's writers, with the console line showing the IoU threshold and beta in force."""
@@ -101,6 +104,26 @@ class Trainer(DefaultTrainer):
         ``TEST.EXPECTED_RESULTS``)."""
         results = super().train()
         return results if results is not None else getattr(self, "_last_eval_results", None)
+
+    def after_train(self):
+        """
+        The hooks' ``after_train``; after a failed training (an exception on its way out), without
+        the evaluation. detectron2's ``EvalHook`` tells a failure by ``iter + 1 < max_iter`` and so
+        still evaluates after one at the last iteration (the final checkpoint's save on a full
+        disk): an evaluation whose own failure would replace the cause with its traceback. The
+        other hooks' failures are logged, and the cause goes on.
+        """
+        if sys.exc_info()[1] is None:
+            return super().after_train()
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            if isinstance(h, hooks.EvalHook):
+                logger.info("Training failed at iteration %d: no final evaluation.", self.iter)
+                continue
+            try:
+                h.after_train()
+            except Exception:
+                logger.exception("%s.after_train failed after the training's failure:", type(h).__name__)
 
     def resume_or_load(self, resume=True):
         """``DefaultTrainer.resume_or_load``; a checkpoint that cannot be loaded is named in the error."""

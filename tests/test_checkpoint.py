@@ -189,3 +189,32 @@ def test_the_trainer_saves_with_the_atomic_checkpointer(tmp_path):
     # It saves what detectron2's would: the trainer's state (iteration, optimizer, scheduler, hooks).
     assert list(trainer.checkpointer.checkpointables) == ["trainer"]
     assert trainer.checkpointer.model is trainer.model and trainer.checkpointer.save_dir == str(tmp_path)
+
+
+def test_a_full_disk_at_the_final_save_ends_in_its_error_without_an_evaluation(tmp_path, monkeypatch):
+    # detectron2's EvalHook evaluates after a failure at the last iteration; an evaluation on that
+    # full disk would replace the checkpoint's one-line error with its own traceback.
+    from dynamic_rcnn import Trainer
+    from dynamic_rcnn.checkpoint import CheckpointError
+
+    trainer = Trainer(tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 2))
+    evaluated = []
+    monkeypatch.setattr(Trainer, "test", classmethod(lambda cls, cfg, model, evaluators=None: evaluated.append(1)))
+
+    def full_disk(data, f, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="Cannot save .*model_final.pth: .*No space left on device"):
+        trainer.train()
+    assert evaluated == [] and not (tmp_path / "model_final.pth").exists()
+
+
+def test_a_finished_training_still_ends_in_its_evaluation(tmp_path, monkeypatch):
+    from dynamic_rcnn import Trainer
+
+    trainer = Trainer(tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 2))
+    evaluated = []
+    monkeypatch.setattr(Trainer, "test", classmethod(lambda cls, cfg, model, evaluators=None: evaluated.append(1) or {}))
+    trainer.train()
+    assert evaluated == [1] and (tmp_path / "model_final.pth").exists()

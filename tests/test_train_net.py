@@ -221,6 +221,24 @@ def test_a_training_set_without_boxes_is_one_line_naming_it_and_what_its_loading
         "category id 7 (a.png), 1 missing image files (a.png). Check")
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_cut_after_its_header_is_named_when_the_loader_fails_on_it(tmp_path, workers):
+    # Its header reads (the start-up check passes); PIL's error while decoding names no file.
+    import cv2
+    import numpy as np
+
+    json_file, images = _coco_pair(tmp_path, {1: "cell"}, [{"bbox": [1, 1, 9, 9], "category_id": 1}])
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(images / "a.png"), noise)
+    content = (images / "a.png").read_bytes()
+    (images / "a.png").write_bytes(content[: len(content) // 2])
+    train_net, args = _in_process("DATALOADER.NUM_WORKERS", workers, "OUTPUT_DIR", tmp_path / "out",
+                                  options=["--train-json", json_file, "--train-images", images])
+    line = _one_line_exit(train_net, args)
+    assert line.startswith(f"error: {images / 'a.png'} failed in the data loader: OSError: "), line
+    assert line.endswith("Replace the file or remove it from the dataset, then go on with --resume") and "\n" not in line
+
+
 def test_amp_without_a_gpu_is_refused_at_start_up(tmp_path):
     import torch
 

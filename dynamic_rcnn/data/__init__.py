@@ -6,7 +6,7 @@ import contextlib
 import os
 from typing import Optional, Sequence
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 from .coco import load_coco_instances, read_coco_json, register_coco
 from .sanitize import DropLog, image_file_size, loaded_summary, sanitize_dataset_dicts
@@ -33,6 +33,7 @@ __all__ = [
     "check_datasets",
     "DatasetError",
     "explain_no_training_data",
+    "FileNamingMapper",
 ]
 
 # name: (number of images, seed, (height, width)); different seeds keep the splits disjoint.
@@ -167,6 +168,22 @@ def explain_no_training_data(names: Sequence[str], key: str):
             + " Check that the annotations' classes (names, category ids) are the dataset's, and that its "
             "images are where they are looked for"
         ) from None
+
+
+class FileNamingMapper(DatasetMapper):
+    """
+    detectron2's ``DatasetMapper``, whose failure on an image (a file changed or cut after
+    start-up: PIL's "image file is truncated" names no file) is a DatasetError naming the file.
+    """
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except Exception as e:
+            raise DatasetError(
+                f"{dataset_dict.get('file_name', '?')} failed in the data loader: {type(e).__name__}: {e}. "
+                "Replace the file or remove it from the dataset, then go on with --resume"
+            ) from e
 
 
 def check_datasets(names, key: str) -> None:
