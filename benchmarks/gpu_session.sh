@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS] [SCHEDULES]
 #
 # 1. the environment (GPU, torch, detectron2) -> OUT_DIR/env.txt
-# 2. the overhead benchmark, the GPU to itself: both presets, and the tiny one's control (the
-#    standard head against itself) -> OUT_DIR/overhead_{tiny,tiny-control,r50-coco}.txt
+# 2. the overhead benchmark, the GPU to itself: the presets (single head, cascade), and the tiny one's
+#    control (the standard head against itself) -> OUT_DIR/overhead_{tiny,tiny-control,tiny-cascade,r50-coco}.txt
 # 3. the accuracy matrix (benchmarks/accuracy.py: shapes and BCCD x $VARIANTS x $SEEDS) at each of
 #    the SCHEDULES (default "3 4": times the configs' iterations; does the Dynamic gain grow with
 #    training?), PARALLEL_RUNS training processes at a time on the one GPU, stopped after
@@ -15,7 +15,8 @@
 #    PARALLEL_RUNS=0 skips the matrix.
 #
 # Python is $PYTHON (default python3); torch, detectron2 and the packages of setup.cfg must import.
-# DYNAMIC_RCNN_DATASETS must name the folder that holds BCCD/.
+# DYNAMIC_RCNN_DATASETS must name the folder that holds BCCD/. VARIANTS and SEEDS choose the matrix,
+# e.g. VARIANTS="baseline_cascade dynamic_cascade" for the cascade's.
 set -uo pipefail
 
 OUT=${1:?usage: gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS] [SCHEDULES]}
@@ -51,6 +52,7 @@ overhead() {
 }
 overhead tiny --preset tiny --steps 200 --warmup 10
 overhead tiny-control --preset tiny --steps 200 --warmup 10 --control
+overhead tiny-cascade --preset tiny-cascade --steps 200 --warmup 10
 overhead r50-coco --preset r50-coco --steps 30 --warmup 5
 
 if [ "$PARALLEL" = 0 ]; then stamp "done (no accuracy matrix)"; exit 0; fi

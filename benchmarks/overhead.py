@@ -21,6 +21,7 @@ allocator statistics, the peak resident set size of a separate process per varia
 same steps (``--memory-steps``).
 """
 import argparse
+import collections
 import json
 import os
 import resource
@@ -174,7 +175,7 @@ def count_ops(args):
     """aten operations of one training step of each head, on the same batch after ``--warmup`` steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    counts = {}
+    counts, names = {}, {}
     for head in ("dynamic", "standard"):
         cfg, model, opt = build(args.preset, head, args.device, args.period, args.opts)
         batches = make_batches(args.preset, args.warmup + 1, cfg.SOLVER.IMS_PER_BATCH)
@@ -185,9 +186,10 @@ def count_ops(args):
         with profile(activities=activities) as prof:
             runner.step()
         # Operations called from Python (not those an operation calls inside): what a step launches.
-        counts[head] = sum(1 for e in prof.events() if e.name.startswith("aten::")
-                           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
-    return counts
+        top = [e.name for e in prof.events() if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+        counts[head], names[head] = len(top), collections.Counter(top)
+    return counts, names
 
 
 def memory_child(args):
@@ -233,10 +235,12 @@ def main(argv=None):
         memory_child(args)
         return 0
     if args.count_ops:
-        counts = count_ops(args)
+        counts, names = count_ops(args)
         print(f"preset {args.preset}, one training step after {args.warmup} warm-up, dynamic opts {' '.join(args.opts) or '-'}")
         print(f"  aten operations   dynamic {counts['dynamic']}   standard {counts['standard']}   "
               f"difference {counts['dynamic'] - counts['standard']:+d}")
+        more = (names["dynamic"] - names["standard"]).most_common()
+        print("  the dynamic head's extra operations:", ", ".join(f"{n} {c}" for n, c in more) or "-")
         print(json.dumps({"preset": args.preset, "opts": args.opts, "aten_ops": counts}))
         return 0
 
