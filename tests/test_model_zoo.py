@@ -1,4 +1,5 @@
 """tools/publish_model.py -> dynamic_rcnn.model_zoo: names, hashes, embedded configs, refusals."""
+import glob
 import importlib.util
 import json
 import logging
@@ -247,7 +248,7 @@ def test_lazy_configs_are_served_as_detectron2_serves_its_own(tmp_path, monkeypa
 def test_a_checkpoint_this_project_never_released_is_named_so(tmp_path, monkeypatch):
     monkeypatch.delenv("DYNAMIC_RCNN_RELEASES", raising=False)
     monkeypatch.delenv("DYNAMIC_RCNN_RELEASE_URL", raising=False)
-    released = "dynamic_rcnn_R_18_FPN_bccd, dynamic_rcnn_R_18_FPN_shapes"
+    released = "dynamic_cascade_rcnn_R_18_FPN_shapes, dynamic_rcnn_R_18_FPN_bccd, dynamic_rcnn_R_18_FPN_shapes"
     with pytest.raises(FileNotFoundError) as e:
         model_zoo.get_config("dynamic_rcnn_R_50_FPN_1x", trained=True)  # a COCO config: never trained here
     assert "released no checkpoint named dynamic_rcnn_R_50_FPN_1x (it was not trained here)" in str(e.value)
@@ -261,3 +262,18 @@ def test_a_checkpoint_this_project_never_released_is_named_so(tmp_path, monkeypa
     expected = f"dynamic_rcnn_R_18_FPN_shapes was released as {listed}, which is not in {tmp_path}.*DYNAMIC_RCNN_RELEASE_URL"
     with pytest.raises(FileNotFoundError, match=expected):
         model_zoo.get("shapes/dynamic_rcnn_R_18_FPN_shapes", trained=True)
+
+
+def test_model_zoo_md_lists_every_release_with_its_sha256_and_ap():
+    """Each releases/NAME.metrics.json (what `make releases` verified) has its MODEL_ZOO.md row, with its numbers."""
+    with open(os.path.join(ROOT, "MODEL_ZOO.md")) as f:
+        rows = {line.split("|")[1].strip(): line for line in f if line.startswith("| ") and "_R_" in line}
+    for path in glob.glob(os.path.join(ROOT, "releases", "*.metrics.json")):
+        with open(path) as f:
+            m = json.load(f)
+        row = rows.get(m["name"])
+        assert row is not None, f"MODEL_ZOO.md has no row for {m['name']}"
+        (ap,) = m["ap"].values()
+        cells = [c.strip() for c in row.split("|")]
+        assert m["sha256"] in row and m["checkpoint"] in row, m["name"]
+        assert f"{ap['bbox']['AP']:.1f}" in cells and f"{ap['bbox']['AP90']:.1f}" in cells, m["name"]
