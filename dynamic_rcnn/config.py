@@ -54,8 +54,9 @@ def add_dynamic_rcnn_config(cfg):
     # DynamicCascadeROIHeads (docs/CASCADE.md): one value a stage, as MODEL.ROI_BOX_CASCADE_HEAD.IOUS has
     # one a stage, or [] for every stage's default. UPDATE_PERIOD and STATS_INCLUDE_GT above are shared.
     _C.MODEL.DYNAMIC_RCNN.CASCADE = CN()
-    # K_I; []: 7.5 % (the paper's 75 of 1000) of the boxes each stage labels, MODEL.RPN.POST_NMS_TOPK_TRAIN
-    # at stage 0, MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE after it.
+    # K_I; []: stage 0's at every stage, 7.5 % (the paper's 75 of 1000) of MODEL.RPN.POST_NMS_TOPK_TRAIN:
+    # the boxes it reads are positives, all sampled, and the later stages label what they regressed into
+    # (7.5 % of the sampled boxes read far better boxes, and lost 9 AP on shapes: BENCHMARKS.md).
     _C.MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK = []
     # K_E; []: BETA_TOPK at every stage.
     _C.MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK = []
@@ -175,12 +176,12 @@ def cascade_tracker_args(cfg) -> List[Dict]:
     d, ious = cfg.MODEL.DYNAMIC_RCNN, list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
     n = len(ious)
     defaults = {
-        "iou_topk": ([_share(cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN)] + [_share(cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)] * n)[:n],
+        "iou_topk": [_share(cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN)] * n,
         "error_topk": [d.BETA_TOPK] * n, "warmup_iou": ious, "warmup_beta": [d.WARMUP_BETA] * n,
         "enable_dla": [d.ENABLE_DLA] * n, "enable_dsl": [d.ENABLE_DSL] * n,
     }
     origin = {
-        "iou_topk": ["7.5 % of MODEL.RPN.POST_NMS_TOPK_TRAIN"] + ["7.5 % of MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] * n,
+        "iou_topk": ["7.5 % of MODEL.RPN.POST_NMS_TOPK_TRAIN"] * n,
         "warmup_iou": [f"MODEL.ROI_BOX_CASCADE_HEAD.IOUS[{k}]" for k in range(n)],
     }
     stages = [{"update_period": d.UPDATE_PERIOD, "stats_include_gt": d.STATS_INCLUDE_GT} for _ in range(n)]

@@ -51,11 +51,11 @@ def test_registered_with_one_tracker_a_stage_and_the_defaults_of_cascade_md():
     cfg = cascade_cfg()
     head = build_head(cfg)
     assert isinstance(head, CascadeROIHeads) and isinstance(head, DynamicCascadeROIHeads)
-    # Floors at Cascade's IoUs, ceilings WARMUP_BETA, K_I 7.5 % of the proposals (150) then of the
-    # sampled boxes (512), K_E and C the single head's.
+    # Floors at Cascade's IoUs, ceilings WARMUP_BETA, K_I 7.5 % of the proposals (150) at every stage,
+    # K_E and C the single head's.
     assert [t.warmup_iou for t in head.trackers] == [0.5, 0.6, 0.7]
     assert [t.warmup_beta for t in head.trackers] == [1.0, 1.0, 1.0]
-    assert [t.iou_topk for t in head.trackers] == [11, 38, 38]
+    assert [t.iou_topk for t in head.trackers] == [11, 11, 11]
     assert [t.error_topk for t in head.trackers] == [cfg.MODEL.DYNAMIC_RCNN.BETA_TOPK] * 3
     assert [t.scope for t in head.trackers] == ["stage0", "stage1", "stage2"]
     assert head.proposal_matcher is head.proposal_matchers[0]

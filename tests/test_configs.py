@@ -127,7 +127,7 @@ def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(na
     assert dynamic == stock
     stages = cascade_tracker_args(dynamic)
     coco = "R_50" in name
-    assert [s["iou_topk"] for s in stages] == ([150, 38, 38] if coco else [22, 10, 10])
+    assert [s["iou_topk"] for s in stages] == ([150, 150, 150] if coco else [22, 22, 22])
     assert [s["warmup_iou"] for s in stages] == [0.5, 0.6, 0.7]
     assert {s["error_topk"] for s in stages} == {10} and {s["warmup_beta"] for s in stages} == {1.0}
     assert dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD == (100 if coco else 20)

@@ -4,14 +4,14 @@ from detectron2.config import LazyCall as L
 from dynamic_rcnn import DynamicCascadeROIHeads, DynamicTracker
 
 
-def make_dynamic(model, proposals_per_image=2000, samples_per_image=512, update_period=100):
+def make_dynamic(model, proposals_per_image=2000, update_period=100):
     """
     ``model.roi_heads`` becomes ``DynamicCascadeROIHeads`` with one tracker a stage, with the defaults of
     docs/CASCADE.md: floors at the stages' IoUs (the matchers'), beta from 1.0, K_I 7.5 % of the proposals
-    at stage 0 and of the sampled boxes after, K_E 10.
+    at every stage, K_E 10.
     """
     ious = [m.thresholds[0] for m in model.roi_heads.proposal_matchers]
-    topk = [round(0.075 * proposals_per_image)] + [round(0.075 * samples_per_image)] * (len(ious) - 1)
+    topk = [round(0.075 * proposals_per_image)] * len(ious)
     model.roi_heads._target_ = DynamicCascadeROIHeads
     model.roi_heads.trackers = [
         L(DynamicTracker)(iou_topk=k, error_topk=10, update_period=update_period, warmup_iou=iou, warmup_beta=1.0,
