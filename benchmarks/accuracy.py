@@ -103,6 +103,12 @@ VARIANTS.update({
     # K_I 22 at every stage: the boxes stage 0's K_I reads are positives, all sampled, and go on to the
     # next stages; 7.5 % of the 128 sampled boxes (10) reads far better boxes than 7.5 % of the proposals.
     "dynamic_cascade_ki22": ("dynamic_cascade", CASCADE_DEFAULTS + [_D + "CASCADE.IOU_TOPK", "[22, 22, 22]"]),
+    # The two choices of the issue, on the current defaults (K_I 22 at every stage).
+    "dynamic_cascade_ki22_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + [
+        _D + "CASCADE.IOU_TOPK", "[22, 22, 22]", _D + "CASCADE.ENABLE_DSL", "[False, False, False]",
+        _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]),
+    "dynamic_cascade_ki22_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [
+        _D + "CASCADE.IOU_TOPK", "[22, 22, 22]", _D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
     # Floors a stage lower, as the single head's warm-up below the fixed threshold (0.4 for 0.5).
     "dynamic_cascade_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [_D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
 })
