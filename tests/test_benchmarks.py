@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from conftest import load_module
 
@@ -132,3 +133,16 @@ def test_count_ops_counts_what_the_dynamic_head_adds():
     # Both parts off records nothing: the statistics are what the dynamic head adds; its single-threshold
     # matcher makes fewer operations than detectron2's.
     assert off["dynamic"] < counts["dynamic"] and off["dynamic"] < off["standard"], (counts, off)
+
+
+def test_the_machine_of_a_result_names_the_cpu_model(tmp_path, monkeypatch):
+    # Two CPUs of one architecture may give different sums: the result files must tell them apart.
+    run_summary = load_module("tools/run_summary.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu\n")
+    assert "AMD EPYC 9B14" in run_summary.machine_description(str(cpuinfo))
+    assert run_summary.cpu_model(str(cpuinfo)) == "AMD EPYC 9B14"
+    # No cpuinfo (not Linux): the architecture and the cores as before, no error.
+    missing = run_summary.machine_description(str(tmp_path / "absent"))
+    assert missing.startswith("CPU: ") and missing.endswith(f"{os.cpu_count()} cores") and "EPYC" not in missing

@@ -18,16 +18,35 @@ import subprocess
 import sys
 import time
 
-__all__ = ["machine_description", "run_timed", "summarize", "main"]
+__all__ = ["cpu_model", "machine_description", "run_timed", "summarize", "main"]
 
 
-def machine_description() -> str:
-    """The GPU's name (and count) when one is visible, else the CPU and its cores."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo"):
+    """The CPU's model name as ``cpuinfo`` gives it (Linux), or None where there is none."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model name") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """
+    The GPU's name (and count) when one is visible, else the CPU's model, architecture and cores.
+    The model is kept because two CPUs of the same architecture need not give the same floating-point
+    sums: a run that does not reproduce an earlier one to the last digit may be on another CPU.
+    """
     import torch
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (x{torch.cuda.device_count()})"
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    arch = platform.processor() or platform.machine()
+    model = cpu_model(cpuinfo)
+    return f"CPU: {model + ' (' + arch + ')' if model else arch}, {os.cpu_count()} cores"
 
 
 def run_timed(command, **popen_kwargs):
