@@ -27,7 +27,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo"):
         with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model name") and value.strip():
+                if key.strip() == "model name" and value.strip():
                     return value.strip()
     except OSError:
         pass
@@ -44,9 +44,11 @@ def machine_description(cpuinfo: str = "/proc/cpuinfo") -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (x{torch.cuda.device_count()})"
-    arch = platform.processor() or platform.machine()
+    cpu = platform.processor() or platform.machine()
     model = cpu_model(cpuinfo)
-    return f"CPU: {model + ' (' + arch + ')' if model else arch}, {os.cpu_count()} cores"
+    if model:
+        cpu = f"{model} ({cpu})"
+    return f"CPU: {cpu}, {os.cpu_count()} cores"
 
 
 def run_timed(command, **popen_kwargs):
