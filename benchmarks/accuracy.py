@@ -356,6 +356,11 @@ def resolved(mean, se, n):
     return se is not None and se > 0 and abs(mean) > T95.get(n - 1, 1.96) * se
 
 
+def signed(x):
+    """``x`` to one decimal with its sign; a difference that rounds to zero is +0.0, never -0.0."""
+    return f"{round(x, 1) + 0.0:+.1f}"
+
+
 def paired_table(rows, reference=REFERENCE):
     """Markdown: each variant minus ``reference``, mean ± SE per column; bold where the 95 % interval excludes 0."""
     diffs = paired_differences(rows, reference)
@@ -368,7 +373,7 @@ def paired_table(rows, reference=REFERENCE):
         cells = []
         for c in COLUMNS:
             mean, se, n = cols[c]
-            text = f"{mean:+.1f}" if se is None else f"{mean:+.1f} ± {se:.1f}"
+            text = signed(mean) if se is None else f"{signed(mean)} ± {se:.1f}"
             cells.append(f"**{text}**" if resolved(mean, se, n) else text)
         lines.append(f"| {dataset} | {variant} | {cols['AP'][2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

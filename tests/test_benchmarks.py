@@ -87,6 +87,14 @@ def test_recorded_runs_are_skipped_and_the_report_is_made_from_the_files(tmp_pat
     assert (tmp_path / "plots" / "trajectories_shapes.png").is_file()
 
 
+def test_a_paired_difference_that_rounds_to_zero_is_written_plus_zero():
+    accuracy = load()
+    cols = {c: 30.0 for c in accuracy.COLUMNS}
+    rows = [(("shapes", "baseline_d2", s, 1), dict(cols)) for s in (0, 1)]
+    rows += [(("shapes", "dynamic", 0, 1), dict(cols, AP=29.96)), (("shapes", "dynamic", 1, 1), dict(cols, AP=29.98))]
+    assert "| shapes | dynamic | 2 | +0.0 ± 0.0 |" in accuracy.paired_table(rows)
+
+
 def test_every_variant_starts_from_its_config_and_the_reference_is_detectron2s_stock_head():
     accuracy = load()
     assert accuracy.REFERENCE == "baseline_d2" and accuracy.VARIANTS["baseline_d2"] == ("stock", [])
