@@ -109,6 +109,11 @@ VARIANTS.update({
         _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]),
     "dynamic_cascade_ki22_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [
         _D + "CASCADE.IOU_TOPK", "[22, 22, 22]", _D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
+    # Statistics over the RPN's proposals only and K_E 20, as the single head's BCCD config: with 14 cells an
+    # image the appended ground truth is most of K_I 22's and all of K_E 10's boxes (T near 0.8, the error
+    # statistic 0 and beta held at 1.0 at stage 0).
+    "dynamic_cascade_ki22_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + [
+        _D + "CASCADE.IOU_TOPK", "[22, 22, 22]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]"]),
     # Floors a stage lower, as the single head's warm-up below the fixed threshold (0.4 for 0.5).
     "dynamic_cascade_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [_D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
 })
