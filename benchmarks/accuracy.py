@@ -121,6 +121,13 @@ VARIANTS.update({
         _D + "CASCADE.IOU_TOPK", "[44, 44, 44]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]"]),
     "dynamic_cascade_ki75_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + [
         _D + "CASCADE.IOU_TOPK", "[75, 75, 75]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]"]),
+    # The two choices of the issue on BCCD's best setting (K_I 44, level with the stock Cascade over seeds 0-3).
+    "dynamic_cascade_ki44_no_gt_ke20_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + [
+        _D + "CASCADE.IOU_TOPK", "[44, 44, 44]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]",
+        _D + "CASCADE.ENABLE_DSL", "[False, False, False]", _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]),
+    "dynamic_cascade_ki44_no_gt_ke20_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [
+        _D + "CASCADE.IOU_TOPK", "[44, 44, 44]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]",
+        _D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
     # Floors a stage lower, as the single head's warm-up below the fixed threshold (0.4 for 0.5).
     "dynamic_cascade_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [_D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
 })
