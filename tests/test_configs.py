@@ -115,7 +115,10 @@ def test_coco_configs_keep_the_papers_rule_and_the_small_data_configs_the_measur
                                   "dynamic_cascade_mask_rcnn_R_50_FPN_1x", "shapes/dynamic_cascade_rcnn_R_18_FPN_shapes",
                                   "bccd/dynamic_cascade_rcnn_R_18_FPN_bccd"])
 def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(name):
-    """One line switches a Cascade config to Dynamic Cascade (the small-data ones also update every 20 iterations)."""
+    """
+    One line switches a Cascade config to Dynamic Cascade (the small-data ones also update every 20
+    iterations; BCCD's also sets the statistics measured best there: no ground truth, K_I 44, K_E 20).
+    """
     from dynamic_rcnn.config import cascade_tracker_args
 
     dynamic = load(name + ".yaml")
@@ -123,11 +126,16 @@ def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(na
     assert (dynamic.MODEL.ROI_HEADS.NAME, stock.MODEL.ROI_HEADS.NAME) == ("DynamicCascadeROIHeads", "CascadeROIHeads")
     stock.MODEL.ROI_HEADS.NAME = "DynamicCascadeROIHeads"
     stock.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD
+    bccd = name.startswith("bccd/")
+    if bccd:
+        d = stock.MODEL.DYNAMIC_RCNN
+        d.STATS_INCLUDE_GT, d.BETA_TOPK, d.CASCADE.IOU_TOPK = False, 20, [44, 44, 44]
     stock.OUTPUT_DIR = dynamic.OUTPUT_DIR
     assert dynamic == stock
     stages = cascade_tracker_args(dynamic)
     coco = "R_50" in name
-    assert [s["iou_topk"] for s in stages] == ([150, 150, 150] if coco else [22, 22, 22])
+    assert [s["iou_topk"] for s in stages] == ([150, 150, 150] if coco else [44, 44, 44] if bccd else [22, 22, 22])
     assert [s["warmup_iou"] for s in stages] == [0.5, 0.6, 0.7]
-    assert {s["error_topk"] for s in stages} == {10} and {s["warmup_beta"] for s in stages} == {1.0}
+    assert {s["error_topk"] for s in stages} == {20 if bccd else 10} and {s["warmup_beta"] for s in stages} == {1.0}
+    assert {s["stats_include_gt"] for s in stages} == {not bccd}
     assert dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD == (100 if coco else 20)
