@@ -514,33 +514,65 @@ def plot_paired(rows, out_dir, reference=REFERENCE):
     return [path]
 
 
+PANELS = (("dynamic_rcnn/iou_threshold", "IoU threshold"), ("dynamic_rcnn/beta", "SmoothL1 beta"),
+          ("roi_head/num_fg_samples", "positives / image"))
+
+
+def _stage_key(key, stage, curves):
+    """Where a run keeps ``key`` of ``stage``: ``stage{k}/key``; stage 0 of a single head (and detectron2's
+    stage-0 positives) without the prefix."""
+    scoped = f"stage{stage}/{key}"
+    return scoped if scoped in curves or stage > 0 else key
+
+
+def trajectory_grid(rows, dataset):
+    """
+    ``(stages, {(panel key, stage): {variant name: [curve of each seed]}})`` of ``dataset``'s runs: the IoU
+    threshold, beta and positives an image of every stage (a single head is stage 0).
+    """
+    runs = [(_name(v, x), r["curves"]) for (d, v, _, x), r in rows if d == dataset and r["curves"]]
+    stages = max([1] + [int(k.split("/")[0][5:]) + 1 for _, c in runs for k in c if k.startswith("stage")])
+    grid = {}
+    for variant, curves in runs:
+        for key, _ in PANELS:
+            for stage in range(stages):
+                curve = curves.get(_stage_key(key, stage, curves))
+                if curve:
+                    grid.setdefault((key, stage), {}).setdefault(variant, []).append(curve)
+    return stages, grid
+
+
 def plot_trajectories(rows, out_dir):
-    """``out_dir/trajectories_DATASET.png``: per variant, the IoU threshold, beta and positives an image (mean bold, seeds thin)."""
-    panels = (("dynamic_rcnn/iou_threshold", "IoU threshold"), ("dynamic_rcnn/beta", "SmoothL1 beta"),
-              ("roi_head/num_fg_samples", "positives / image"))
+    """
+    ``out_dir/trajectories_DATASET.png``: per variant, the IoU threshold, beta and positives an image
+    (mean bold, seeds thin), a column a stage for the cascades.
+    """
     written = []
     for dataset in dict.fromkeys(k[0] for k, _ in rows):
-        runs = [(_name(v, x), r["curves"]) for (d, v, _, x), r in rows if d == dataset and r["curves"]]
-        if not runs:
+        stages, grid = trajectory_grid(rows, dataset)
+        if not grid:
             continue
         plt = _pyplot()
-        fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
-        variants = list(dict.fromkeys(v for v, _ in runs))
-        for i, variant in enumerate(variants):
-            color = plt.cm.tab20(i % 20) if len(variants) > 10 else f"C{i}"
-            for ax, (key, _) in zip(axes, panels):
-                curves = [c[key] for v, c in runs if v == variant and key in c]
-                if not curves:
-                    continue
+        fig, axes = plt.subplots(3, stages, figsize=(6 + 3 * stages, 9), sharex=True, squeeze=False)
+        variants = list(dict.fromkeys(v for by_variant in grid.values() for v in by_variant))
+        colors = {v: plt.cm.tab20(i % 20) if len(variants) > 10 else f"C{i}" for i, v in enumerate(variants)}
+        for (key, stage), by_variant in grid.items():
+            ax = axes[[k for k, _ in PANELS].index(key), stage]
+            for variant, curves in by_variant.items():
                 for c in curves:
-                    ax.plot(*zip(*c), color=color, linewidth=0.5, alpha=0.4)
-                ax.plot(*zip(*_mean_curve(curves)), color=color, linewidth=2, label=f"{variant} ({len(curves)} seeds)")
-        for ax, (_, label) in zip(axes, panels):
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-        axes[-1].set_xlabel("iteration")
-        axes[-1].legend(fontsize=7, ncol=2)
-        axes[0].set_title(f"{dataset}: IoU threshold, beta and positives an image during training")
+                    ax.plot(*zip(*c), color=colors[variant], linewidth=0.5, alpha=0.4)
+                ax.plot(*zip(*_mean_curve(curves)), color=colors[variant], linewidth=2,
+                        label=f"{variant} ({len(curves)} seeds)")
+        for row, (_, label) in enumerate(PANELS):
+            axes[row, 0].set_ylabel(label)
+            for stage in range(stages):
+                axes[row, stage].grid(alpha=0.3)
+                if stages > 1 and row == 0:
+                    axes[row, stage].set_title(f"stage {stage}")
+        for stage in range(stages):
+            axes[-1, stage].set_xlabel("iteration")
+        axes[-1, 0].legend(fontsize=7, ncol=1 if stages > 1 else 2)
+        fig.suptitle(f"{dataset}: IoU threshold, beta and positives an image during training")
         path = os.path.join(out_dir, f"trajectories_{dataset}.png")
         fig.tight_layout()
         fig.savefig(path, dpi=90)

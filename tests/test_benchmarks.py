@@ -87,6 +87,28 @@ def test_recorded_runs_are_skipped_and_the_report_is_made_from_the_files(tmp_pat
     assert (tmp_path / "plots" / "trajectories_shapes.png").is_file()
 
 
+def test_the_trajectories_have_every_stage_of_a_cascade_and_stage_0_of_a_single_head(tmp_path):
+    accuracy = load()
+    curve = [[19, 0.5], [39, 0.6]]
+    cascade = {f"stage{k}/dynamic_rcnn/{name}": curve for k in range(3) for name in ("iou_threshold", "beta")}
+    cascade.update({"roi_head/num_fg_samples": curve, "stage1/roi_head/num_fg_samples": curve,
+                    "stage2/roi_head/num_fg_samples": curve})
+    stock_cascade = {"roi_head/num_fg_samples": curve, "stage1/roi_head/num_fg_samples": curve,
+                     "stage2/roi_head/num_fg_samples": curve}
+    single = {"dynamic_rcnn/iou_threshold": curve, "dynamic_rcnn/beta": curve, "roi_head/num_fg_samples": curve}
+    rows = [(("bccd", "dynamic_cascade", s, 1), {"curves": cascade}) for s in (0, 1)]
+    rows += [(("bccd", "baseline_cascade", 0, 1), {"curves": stock_cascade}), (("bccd", "dynamic", 0, 1), {"curves": single})]
+    stages, grid = accuracy.trajectory_grid(rows, "bccd")
+    assert stages == 3
+    for k in range(3):
+        assert len(grid[("dynamic_rcnn/iou_threshold", k)]["dynamic_cascade"]) == 2
+        assert len(grid[("dynamic_rcnn/beta", k)]["dynamic_cascade"]) == 2
+        assert set(grid[("roi_head/num_fg_samples", k)]) >= {"dynamic_cascade", "baseline_cascade"}
+    assert "dynamic" in grid[("dynamic_rcnn/iou_threshold", 0)] and "dynamic" not in grid[("dynamic_rcnn/iou_threshold", 1)]
+    assert "baseline_cascade" not in grid[("dynamic_rcnn/iou_threshold", 0)]
+    assert accuracy.plot_trajectories(rows, str(tmp_path)) == [str(tmp_path / "trajectories_bccd.png")]
+
+
 def test_a_paired_difference_that_rounds_to_zero_is_written_plus_zero():
     accuracy = load()
     cols = {c: 30.0 for c in accuracy.COLUMNS}
