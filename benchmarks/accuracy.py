@@ -614,6 +614,7 @@ def main(argv=None):
     text = report(rows, args.reference)
     print(text)
     if args.report_file:
+        os.makedirs(os.path.dirname(os.path.abspath(args.report_file)), exist_ok=True)
         with open(args.report_file, "w") as f:
             f.write(text + "\n")
     if args.plot_dir:

@@ -73,7 +73,7 @@ def test_recorded_runs_are_skipped_and_the_report_is_made_from_the_files(tmp_pat
                                                 ("shapes", "baseline_d2", 1, 35.0, 0.0)])
     started = []
     monkeypatch.setattr(accuracy, "run_all", lambda todo, *a, **k: started.extend(todo))
-    out = tmp_path / "report.md"
+    out = tmp_path / "new_folder" / "report.md"  # a report folder that does not exist yet is made
     assert accuracy.main(["--datasets", "shapes", "--variants", "baseline_d2", "dynamic", "--seeds", "0", "1", "2",
                           "--results", results, "--runs", str(tmp_path / "runs"), "--report-file", str(out),
                           "--plot-dir", str(tmp_path / "plots")]) == 0
