@@ -16,7 +16,7 @@
 #
 # Python is $PYTHON (default python3); torch, detectron2 and the packages of setup.cfg must import.
 # DYNAMIC_RCNN_DATASETS must name the folder that holds BCCD/. VARIANTS and SEEDS choose the matrix,
-# e.g. VARIANTS="baseline_cascade dynamic_cascade" for the cascade's.
+# e.g. VARIANTS="baseline_cascade dynamic_cascade_ki22" for the cascade's.
 set -uo pipefail
 
 OUT=${1:?usage: gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS] [SCHEDULES]}
