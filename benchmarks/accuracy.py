@@ -487,7 +487,7 @@ def plot_paired(rows, out_dir, reference=REFERENCE):
     if not datasets:
         return []
     plt = _pyplot()
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 3.6 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 4.4 * len(datasets)), squeeze=False)
     for ax, dataset in zip(axes[:, 0], datasets):
         variants = [v for d, v in diffs if d == dataset]
         width = 0.8 / len(variants)
@@ -505,7 +505,7 @@ def plot_paired(rows, out_dir, reference=REFERENCE):
         ax.set_ylabel(f"minus {reference}, AP points")
         ax.set_title(f"{dataset}: paired difference to {reference}, mean and 95 % interval (filled: excludes 0)")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))  # below the axes: never over a point
     fig.tight_layout()
     path = os.path.join(out_dir, "paired_differences.png")
     fig.savefig(path, dpi=90)
