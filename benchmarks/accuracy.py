@@ -90,45 +90,43 @@ CASCADE_DEFAULTS = [_D + "UPDATE_PERIOD", "20", _D + "STATS_INCLUDE_GT", "True",
                     _D + "CASCADE.BETA_TOPK", "[10, 10, 10]", _D + "CASCADE.WARMUP_IOU", "[0.5, 0.6, 0.7]",
                     _D + "CASCADE.WARMUP_BETA", "[1.0, 1.0, 1.0]", _D + "CASCADE.ENABLE_DLA", "[True, True, True]",
                     _D + "CASCADE.ENABLE_DSL", "[True, True, True]"]
+# The option groups the cascade's variants combine (each stated for all three stages).
+def _ki(k):
+    return [_D + "CASCADE.IOU_TOPK", f"[{k}, {k}, {k}]"]
+
+
+DLA_L1 = [_D + "CASCADE.ENABLE_DSL", "[False, False, False]", _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]
+FLOOR456 = [_D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]
+NO_GT_KE20_CASCADE = [_D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]"]
 VARIANTS.update({
     # detectron2's stock Cascade R-CNN (L1 box loss, IoUs 0.5 / 0.6 / 0.7, RPN NMS 0.7).
     "baseline_cascade": ("cascade", []),
     "dynamic_cascade": ("dynamic_cascade", CASCADE_DEFAULTS),
     # DLA only, detectron2's L1 box loss kept.
-    "dynamic_cascade_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.ENABLE_DSL", "[False, False, False]", _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]),
+    "dynamic_cascade_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + DLA_L1),
     # Statistics without the appended ground truth and its descendants in later stages (as the single
     # head's configs): with 7 objects an image, they are most of stage 1's and 2's K_I 10 largest IoUs.
     "dynamic_cascade_no_gt": ("dynamic_cascade", CASCADE_DEFAULTS + [_D + "STATS_INCLUDE_GT", "False"]),
     # K_I 22 at every stage: the boxes stage 0's K_I reads are positives, all sampled, and go on to the
     # next stages; 7.5 % of the 128 sampled boxes (10) reads far better boxes than 7.5 % of the proposals.
-    "dynamic_cascade_ki22": ("dynamic_cascade", CASCADE_DEFAULTS + [_D + "CASCADE.IOU_TOPK", "[22, 22, 22]"]),
+    "dynamic_cascade_ki22": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(22)),
     # The two choices of the issue, on the current defaults (K_I 22 at every stage): DLA alone with
     # detectron2's L1 loss, and floors a stage lower (the single head's warm-up below the fixed threshold).
-    "dynamic_cascade_ki22_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.IOU_TOPK", "[22, 22, 22]", _D + "CASCADE.ENABLE_DSL", "[False, False, False]",
-        _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]),
-    "dynamic_cascade_ki22_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.IOU_TOPK", "[22, 22, 22]", _D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
+    "dynamic_cascade_ki22_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(22) + DLA_L1),
+    "dynamic_cascade_ki22_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(22) + FLOOR456),
     # Statistics over the RPN's proposals only and K_E 20, as the single head's BCCD config: with 14 cells an
     # image the appended ground truth is most of K_I 22's and all of K_E 10's boxes (T near 0.8, the error
     # statistic 0 and beta held at 1.0 at stage 0).
-    "dynamic_cascade_ki22_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.IOU_TOPK", "[22, 22, 22]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]"]),
+    "dynamic_cascade_ki22_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(22) + NO_GT_KE20_CASCADE),
     # ... with K_I 44 and 75 (15 % and 25 % of the 300 proposals): BCCD's 14 cells share 300 proposals, about 22
     # a cell, so K_I 22 reads each cell's one or two best (T 0.72 / 0.79 / 0.82 on seed 0, the stock
     # Cascade's last stage trains on 51 positives an image, this one on 38); a larger K_I reads lower.
-    "dynamic_cascade_ki44_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.IOU_TOPK", "[44, 44, 44]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]"]),
-    "dynamic_cascade_ki75_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.IOU_TOPK", "[75, 75, 75]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]"]),
+    "dynamic_cascade_ki44_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(44) + NO_GT_KE20_CASCADE),
+    "dynamic_cascade_ki75_no_gt_ke20": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(75) + NO_GT_KE20_CASCADE),
     # The two choices of the issue on BCCD's setting (K_I 44, level with the stock Cascade: BENCHMARKS.md).
-    "dynamic_cascade_ki44_no_gt_ke20_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.IOU_TOPK", "[44, 44, 44]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]",
-        _D + "CASCADE.ENABLE_DSL", "[False, False, False]", _D + "CASCADE.WARMUP_BETA", "[0.0, 0.0, 0.0]"]),
-    "dynamic_cascade_ki44_no_gt_ke20_floor456": ("dynamic_cascade", CASCADE_DEFAULTS + [
-        _D + "CASCADE.IOU_TOPK", "[44, 44, 44]", _D + "STATS_INCLUDE_GT", "False", _D + "CASCADE.BETA_TOPK", "[20, 20, 20]",
-        _D + "CASCADE.WARMUP_IOU", "[0.4, 0.5, 0.6]"]),
+    "dynamic_cascade_ki44_no_gt_ke20_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(44) + NO_GT_KE20_CASCADE + DLA_L1),
+    "dynamic_cascade_ki44_no_gt_ke20_floor456": ("dynamic_cascade",
+                                                 CASCADE_DEFAULTS + _ki(44) + NO_GT_KE20_CASCADE + FLOOR456),
 })
 REFERENCE = "baseline_d2"
 # Two-sided 95 % Student t quantiles by degrees of freedom, for the paired differences.
