@@ -129,7 +129,7 @@ def output_paths(files, folder):
 def main(argv=None):
     parser = argument_parser()
     args = parser.parse_args(argv)
-    from dynamic_rcnn.cli import check_overrides
+    from dynamic_rcnn.engine import check_overrides
 
     check_overrides(parser, args)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -140,9 +140,8 @@ def main(argv=None):
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
-    from dynamic_rcnn.checkpoint import CheckpointError, load_model_weights
-    from dynamic_rcnn.config import load_config
-    from dynamic_rcnn.deform_conv import deformable_fallback
+    from dynamic_rcnn.engine import CheckpointError, load_config, load_model_weights
+    from dynamic_rcnn.modeling import deformable_fallback
 
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold

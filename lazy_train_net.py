@@ -17,7 +17,6 @@ import warnings
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
-import torch  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.engine import (  # noqa: E402
     AMPTrainer,
@@ -30,16 +29,23 @@ from detectron2.engine import (  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import CommonMetricPrinter  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from dynamic_rcnn import DynamicRCNNMetricPrinter, add_dynamic_rcnn_hook  # noqa: E402
-from dynamic_rcnn.checkpoint import AtomicCheckpointer, load_checkpoint, load_model_weights  # noqa: E402
-from dynamic_rcnn.cli import check_output_dir, check_overrides, launch_checked  # noqa: E402
+from dynamic_rcnn import add_dynamic_rcnn_hook, find_trackers  # noqa: E402
 from dynamic_rcnn.data import check_datasets, explain_no_training_data  # noqa: E402
-from dynamic_rcnn.hook import find_trackers  # noqa: E402
-from dynamic_rcnn.trainer import create_ddp_model  # noqa: E402  (CPU processes too)
+from dynamic_rcnn.engine import (  # noqa: E402
+    AtomicCheckpointer,
+    DynamicRCNNMetricPrinter,
+    check_amp,
+    check_output_dir,
+    check_overrides,
+    create_ddp_model,
+    device_or_cpu,
+    launch_checked,
+    load_checkpoint,
+    load_model_weights,
+)
 
-logger = logging.getLogger("dynamic_rcnn.lazy_train_net")
+logger = logging.getLogger("detectron2.dynamic_rcnn.lazy_train_net")
 
 
 def do_test(cfg, model):
@@ -103,32 +109,22 @@ def checked_config(args):
     """
     The LazyConfig with its overrides, its datasets checked (registered, files present),
     ``train.device`` moved to the CPU when no GPU is visible, AMP only on a GPU and an output
-    folder that can be written; the model is checked when built. Returns (cfg, whether the device
-    fell back).
+    folder that can be written; the model is checked when built.
     """
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     for part in ("train", "test"):
         if part == "test" or not args.eval_only:
             check_datasets(_names(cfg, part), f"dataloader.{part}.dataset.names")
-    fallback = str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available()
-    if fallback:
-        cfg.train.device = "cpu"
-    if cfg.train.amp.enabled and not args.eval_only and not str(cfg.train.device).startswith("cuda"):
-        # detectron2's AMPTrainer would assert at the first step.
-        unseen = "" if torch.cuda.is_available() else " (no GPU is visible)"
-        raise ValueError(f"train.amp.enabled is True, but train.device is {cfg.train.device}{unseen}: detectron2's "
-                         "AMPTrainer (mixed precision) trains on a GPU only. Set train.amp.enabled=False to train "
-                         "on the CPU")
+    cfg.train.device = device_or_cpu(cfg.train.device, "train.device")
+    if not args.eval_only:
+        check_amp(cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled")
     check_output_dir(cfg.train.output_dir, "train.output_dir")
-    return cfg, fallback
+    return cfg
 
 
 def setup(args):
-    cfg, fallback = checked_config(args)
+    cfg = checked_config(args)
     default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
-    if fallback:
-        logger.warning("train.device was cuda but no GPU is visible: using the CPU.")
     return cfg
 
 
@@ -148,4 +144,4 @@ if __name__ == "__main__":
     parser = default_argument_parser()
     args = parser.parse_args()
     check_overrides(parser, args)
-    launch_checked(main, args, checked_config, output_dir=lambda checked: checked[0].train.output_dir)
+    launch_checked(main, args, checked_config, output_dir=lambda checked: checked.train.output_dir)

@@ -15,24 +15,16 @@ import warnings
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
-import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from dynamic_rcnn import Trainer  # noqa: E402  (importing registers DynamicROIHeads and the datasets)
-from dynamic_rcnn.checkpoint import (  # noqa: E402
-    LAST_CHECKPOINT,
-    checkpoint_to_load,
-    load_model_weights,
-)
-from dynamic_rcnn.cli import check_output_dir, check_overrides, launch_checked  # noqa: E402
-from dynamic_rcnn.config import load_config  # noqa: E402
-from dynamic_rcnn.data import check_datasets, register_from_args  # noqa: E402
+from dynamic_rcnn.data import check_datasets, register_from_args  # noqa: E402  (registers the datasets)
+from dynamic_rcnn.engine import Trainer, check_amp, check_output_dir, check_overrides, launch_checked  # noqa: E402
+from dynamic_rcnn.engine import load_config, load_model_weights  # noqa: E402
+from dynamic_rcnn.engine.checkpoint import LAST_CHECKPOINT, checkpoint_to_load  # noqa: E402
 
-logger = logging.getLogger("dynamic_rcnn.train_net")
+logger = logging.getLogger("detectron2.dynamic_rcnn.train_net")
 
 
 def check_eval_only(args, cfg: CfgNode):
@@ -47,15 +39,6 @@ def check_eval_only(args, cfg: CfgNode):
                  "to the command (or --resume with an OUTPUT_DIR that has a last_checkpoint)")
 
 
-def check_amp(cfg: CfgNode):
-    """detectron2's AMPTrainer trains on a GPU only: on the CPU it would assert at the first step."""
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        unseen = "" if torch.cuda.is_available() else " (no GPU is visible)"
-        raise ValueError(f"SOLVER.AMP.ENABLED is True, but the model is on {cfg.MODEL.DEVICE}{unseen}: detectron2's "
-                         "AMPTrainer (mixed precision) trains on a GPU only. Set SOLVER.AMP.ENABLED False to train "
-                         "on the CPU")
-
-
 def checked_config(args):
     """
     The run's config with every start-up check done (config values, options, datasets and their
@@ -67,7 +50,7 @@ def checked_config(args):
     note = register_from_args(args, cfg)
     if not args.eval_only:
         check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
-        check_amp(cfg)
+        check_amp(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED")
     check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
     check_eval_only(args, cfg)
     check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
@@ -78,7 +61,6 @@ def setup(args):
     cfg, note = checked_config(args)
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dynamic_rcnn")
     if note:
         logger.info(note)
     return cfg

@@ -159,7 +159,7 @@ def _commit():
 
 def record_run(path, key, command, threads, wall, peak_rss_mb):
     """The numbers of the finished run in ``path``, as the result file holds them; None when it is not complete."""
-    from dynamic_rcnn.plot import read_metrics
+    from dynamic_rcnn.tools.plot import read_metrics
 
     tables = glob.glob(os.path.join(path, "inference", "*", "ap_table.json"))
     metrics = os.path.join(path, "metrics.json")
@@ -214,7 +214,7 @@ def schedule_opts(config, factor):
     """Overrides that make the config's schedule ``factor`` times longer (steps scaled alike)."""
     if factor == 1:
         return []
-    from dynamic_rcnn.config import load_config
+    from dynamic_rcnn.engine import load_config
 
     solver = load_config(config).SOLVER
     return ["SOLVER.MAX_ITER", str(solver.MAX_ITER * factor), "SOLVER.STEPS", str(tuple(s * factor for s in solver.STEPS)),

@@ -70,7 +70,7 @@ def build(preset, head, device, period, dynamic_opts=()):
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
 
-    from dynamic_rcnn.config import load_config
+    from dynamic_rcnn.engine import load_config
 
     p = PRESETS[preset]
     opts = list(p["opts"]) + ["MODEL.DEVICE", device, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", period]

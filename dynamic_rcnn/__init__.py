@@ -1,6 +1,9 @@
-"""Dynamic R-CNN (Zhang et al., ECCV 2020) as a detectron2 project."""
-# First: without detectron2 every module below fails with a bare "No module named 'detectron2'",
-# and pip cannot install it for us (it is not on PyPI under its own name), so say how to get it.
+"""
+Dynamic R-CNN (Zhang et al., ECCV 2020) as a detectron2 project. Importing it registers ``DynamicROIHeads`` and
+``DynamicCascadeROIHeads`` in detectron2's ``ROI_HEADS_REGISTRY`` and loads the method only; the harness lives in
+sub-packages imported where used: ``engine`` (Trainer, checkpoints, launch), ``data`` (datasets, registered when
+imported), ``evaluation``, ``modeling``, ``model_zoo``, ``tools``.
+"""
 try:
     import detectron2  # noqa: F401
 except ModuleNotFoundError as _e:
@@ -9,35 +12,32 @@ except ModuleNotFoundError as _e:
     import sys as _sys
 
     raise ModuleNotFoundError(
-        f"dynamic_rcnn needs detectron2, which this Python ({_sys.executable}) cannot import. "
-        "detectron2 is not on PyPI under its own name, so `pip install` of this project does not "
-        "install it. Get it with the project's set-up script, which installs it into the environment "
-        "(with torch if missing): `bash tools/setup_env.sh VENV` (a pure-Python detectron2 from PyPI's "
-        "sal-detectron2 wheel), or `DETECTRON2_SRC=/path/to/detectron2 bash tools/setup_env.sh VENV` "
-        "(a detectron2 source checkout, as pure Python); or build your own: "
-        "https://detectron2.readthedocs.io/en/latest/tutorials/install.html",
+        f"dynamic_rcnn needs detectron2, which this Python ({_sys.executable}) cannot import. detectron2 is not on "
+        "PyPI under its own name, so `pip install` of this project does not install it. Get it with the project's "
+        "set-up script: `bash tools/setup_env.sh VENV` (a pure-Python detectron2 from PyPI's sal-detectron2 wheel), "
+        "or `DETECTRON2_SRC=/path/to/detectron2 bash tools/setup_env.sh VENV` (a source checkout); or build your "
+        "own: https://detectron2.readthedocs.io/en/latest/tutorials/install.html",
         name="detectron2",
     ) from _e
 
-from . import data
-from .config import add_dynamic_rcnn_config, validate_dynamic_rcnn_config
-from .hook import DynamicRCNNHook, DynamicRCNNMetricPrinter, add_dynamic_rcnn_hook
-from .cascade import DynamicCascadeROIHeads
-from .roi_heads import DynamicROIHeads
+from .config import add_dynamic_rcnn_config
+from .hook import DynamicRCNNHook, add_dynamic_rcnn_hook, find_trackers
+from .roi_heads import DynamicCascadeROIHeads, DynamicROIHeads
 from .tracker import DynamicTracker
-from .trainer import Trainer
 
 __all__ = [
-    "add_dynamic_rcnn_config",
-    "validate_dynamic_rcnn_config",
-    "DynamicROIHeads",
-    "DynamicCascadeROIHeads",
-    "DynamicRCNNHook",
-    "DynamicRCNNMetricPrinter",
-    "add_dynamic_rcnn_hook",
-    "DynamicTracker",
-    "Trainer",
+    "add_dynamic_rcnn_config", "DynamicROIHeads", "DynamicCascadeROIHeads",
+    "DynamicRCNNHook", "add_dynamic_rcnn_hook", "find_trackers", "DynamicTracker",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-data.register_builtin()  # the built-in datasets, as detectron2 registers its own at import
+# Names of the harness that earlier versions exported here: importable, loaded only when asked for.
+_HARNESS = {"Trainer": "engine", "DynamicRCNNMetricPrinter": "engine", "validate_dynamic_rcnn_config": "engine"}
+
+
+def __getattr__(name):
+    if name in _HARNESS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_HARNESS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,34 +1,27 @@
-"""``DynamicROIHeads``: detectron2's ``StandardROIHeads`` trained with Dynamic R-CNN."""
+"""detectron2's ``StandardROIHeads`` and ``CascadeROIHeads`` whose stages take their IoU threshold and SmoothL1 beta
+from a :class:`DynamicTracker` each, and record into it the statistics of the boxes they label. One code path:
+the single head is the one-stage case."""
+import contextlib
 from typing import List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
-from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
+from detectron2.structures import Boxes, Instances
+from torch import nn
 
-from .config import (
-    CONFIG_KEYS,
-    check_box_loss,
-    check_dynamic_rcnn_args,
-    validate_dynamic_rcnn_config,
-    warn_unmovable,
-)
+from .config import check_box_loss, tracker_args
 from .statistics import box_errors, error_statistic, iou_statistic
-from .tracker import DynamicTracker, scalar_name
+from .tracker import REMOVED, DynamicTracker, check_tracker_args
 
-__all__ = ["DynamicROIHeads", "DynamicMatcher", "record_proposal_statistics", "record_statistics"]
+__all__ = ["DynamicMatcher", "DynamicROIHeads", "DynamicCascadeROIHeads"]
 
 
 class DynamicMatcher(Matcher):
-    """
-    A single-threshold ``Matcher`` (IoU >= ``thresholds[1]`` is foreground, no ignored band, no
-    low-quality matches) that keeps what it computes while ``records`` is a list: for each call,
-    ``(largest IoU of each box, index of its ground truth)``, or None for an empty matrix.
-    Its ``__call__`` is ``Matcher.__call__``'s single-threshold case without the per-interval masked
-    assignments (device syncs): the same matches and labels.
-    """
+    """detectron2's ``Matcher`` with one threshold (IoU >= ``thresholds[1]`` is foreground, no ignored band, no
+    low-quality matches) that, while ``records`` is a list, appends for each call the IoU of every box with the
+    ground truth it matched and that ground truth's index, or None for an empty matrix."""
 
     def __init__(self, threshold: float):
         super().__init__([threshold], [0, 1], allow_low_quality_matches=False)
@@ -36,13 +29,11 @@ class DynamicMatcher(Matcher):
 
     @classmethod
     def replacing(cls, matcher: Matcher, where: str) -> "DynamicMatcher":
-        """A DynamicMatcher at the threshold of ``matcher``, which must be single-threshold (``where`` says whose)."""
+        """A DynamicMatcher in place of ``matcher``, which must have one threshold (``where`` names whose it is)."""
         if len(matcher.thresholds) != 3 or matcher.labels != [0, 1] or matcher.allow_low_quality_matches:
-            raise ValueError(
-                f"{where} needs a single-threshold Matcher with labels [0, 1] and no low-quality matches, got "
-                f"thresholds {matcher.thresholds[1:-1]}, labels {matcher.labels}, "
-                f"allow_low_quality_matches={matcher.allow_low_quality_matches}"
-            )
+            raise ValueError(f"{where} needs a Matcher with one threshold, labels [0, 1] and no low-quality matches, "
+                             f"got thresholds {matcher.thresholds[1:-1]}, labels {matcher.labels}, "
+                             f"allow_low_quality_matches={matcher.allow_low_quality_matches}")
         return cls(matcher.thresholds[1])
 
     def __call__(self, match_quality_matrix: torch.Tensor):
@@ -50,7 +41,8 @@ class DynamicMatcher(Matcher):
             if self.records is not None:
                 self.records.append(None)
             return super().__call__(match_quality_matrix)
-        assert match_quality_matrix.dim() == 2
+        # Matcher.__call__'s one-threshold case, less its two boolean-mask writes an image (device syncs): on the
+        # tiny preset, 40 fewer operations a step and 8 fewer syncs (BENCHMARKS.md). Labels equal Matcher's (test).
         assert torch.all(match_quality_matrix >= 0)
         matched_vals, matches = match_quality_matrix.max(dim=0)
         if self.records is not None:
@@ -58,131 +50,155 @@ class DynamicMatcher(Matcher):
         return matches, (matched_vals >= self.thresholds[1]).to(torch.int8)
 
 
-@ROI_HEADS_REGISTRY.register()
-class DynamicROIHeads(StandardROIHeads):
-    """
-    ``StandardROIHeads`` whose matcher threshold and SmoothL1 beta come from a
-    :class:`DynamicTracker` (``self.tracker``). In training it records the statistics of the
-    proposals it matches; :class:`DynamicRCNNHook` turns them into new values every
-    ``MODEL.DYNAMIC_RCNN.UPDATE_PERIOD`` iterations. Inference is ``StandardROIHeads``'s.
+class _DynamicStages:
+    """Both heads: a tracker a stage, whose values the stage's matcher and box loss take right before each use, and
+    which records the statistics of the boxes the stage labels."""
 
-    ``MODEL.ROI_HEADS.IOU_THRESHOLDS`` and ``MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA`` are not used:
-    ``MODEL.DYNAMIC_RCNN.WARMUP_*`` start the threshold and beta. The statistics come from the
-    IoUs the matcher computed: no second IoU matrix.
-    """
+    def _attach(self, trackers, matchers, predictors) -> List[DynamicMatcher]:
+        head, trackers = type(self).__name__, list(trackers)
+        if len(trackers) != len(matchers) or not all(isinstance(t, DynamicTracker) for t in trackers):
+            raise ValueError(f"{head} needs one DynamicTracker a stage ({len(matchers)}), "
+                             f"got {[type(t).__name__ for t in trackers]}")
+        if len({t.update_period for t in trackers}) > 1:
+            raise ValueError(f"{head}: every stage updates at the same iteration, but the trackers' update_period "
+                             f"are {[t.update_period for t in trackers]}: give them one MODEL.DYNAMIC_RCNN.UPDATE_PERIOD")
+        for k, (t, predictor) in enumerate(zip(trackers, predictors)):
+            check_box_loss(t.enable_dsl, getattr(predictor, "box_reg_loss_type", "smooth_l1"), t.keys["enable_dsl"])
+            t.scope = f"stage{k}" if len(trackers) > 1 else ""  # detectron2's names of a cascade's stages
+        self.trackers = trackers
+        return [DynamicMatcher.replacing(m, f"{head}'s stage {k}") for k, m in enumerate(matchers)]
 
-    # Constants for TorchScript, as detectron2's scripting patch makes them for StandardROIHeads
-    # only: scripting then compiles only the branches the model has (no mask_pooler without masks).
-    mask_on: torch.jit.Final[bool]
-    keypoint_on: torch.jit.Final[bool]
-    __jit_unused_properties__ = ["trackers"]  # training only
+    def _stages(self):
+        """(tracker, matcher, box predictor) of each stage."""
+        matchers = getattr(self, "proposal_matchers", None) or [self.proposal_matcher]
+        predictors = self.box_predictor if isinstance(self.box_predictor, nn.ModuleList) else [self.box_predictor]
+        return list(zip(self.trackers, matchers, predictors))
 
-    @configurable
-    def __init__(self, *, tracker: DynamicTracker, **kwargs):
-        """
-        Args:
-            tracker: owner of the Dynamic R-CNN settings and of the threshold and beta in force.
-            kwargs: those of ``StandardROIHeads``; ``proposal_matcher`` must be a single-threshold
-                ``Matcher`` with labels [0, 1] (it is replaced by a :class:`DynamicMatcher`), and the
-                box predictor's loss must be SmoothL1 when DSL is on.
-        """
-        if "min_positives_iou" in kwargs:  # an argument of earlier versions: say what to do instead
-            check_dynamic_rcnn_args(min_positives_iou=kwargs.pop("min_positives_iou"))
-        super().__init__(**kwargs)
-        if not isinstance(tracker, DynamicTracker):
-            raise TypeError(f"DynamicROIHeads needs a DynamicTracker as `tracker`, got {type(tracker).__name__}")
-        check_box_loss(tracker.enable_dsl, getattr(self.box_predictor, "box_reg_loss_type", "smooth_l1"))
-        self.tracker = tracker
-        self.proposal_matcher = DynamicMatcher.replacing(self.proposal_matcher, "DynamicROIHeads")
-        self._apply_tracker_values()
+    def _apply_values(self):  # right before each use: neither an update nor a loaded checkpoint is missed
+        for t, matcher, predictor in self._stages():
+            matcher.thresholds[1] = t.iou_threshold
+            predictor.smooth_l1_beta = t.beta
 
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        validate_dynamic_rcnn_config(cfg)
-        warn_unmovable(cfg)
-        ret = super().from_config(cfg, input_shape)
-        d = cfg.MODEL.DYNAMIC_RCNN
-        ret["tracker"] = DynamicTracker(**{arg: d[key] for arg, key in CONFIG_KEYS.items()})
-        ret["proposal_matcher"] = DynamicMatcher(d.WARMUP_IOU)
-        return ret
-
-    @property
-    def trackers(self) -> List[DynamicTracker]:
-        """[the tracker]: the head's trackers in stage order, as ``DynamicCascadeROIHeads`` has one a stage."""
-        return [self.tracker]
-
-    def _apply_tracker_values(self):
-        # The tracker is the only owner of T and beta; the matcher and the box loss take them
-        # from it right before each use, so an update or a loaded checkpoint is never missed.
-        self.proposal_matcher.thresholds[1] = self.tracker.iou_threshold
-        self.box_predictor.smooth_l1_beta = self.tracker.beta
+    @contextlib.contextmanager
+    def _recording(self, stage: int, boxes: List[torch.Tensor], targets: List[Instances], keep=None):
+        """Around the matching of stage ``stage`` (a matcher call an image), then records the statistics of what it
+        labelled. ``boxes``: per image, the boxes whose errors are computed (the matcher saw them first, then, at
+        stage 0, the appended ground truth); ``keep``: per image, which of them count (all by default)."""
+        t, matcher, predictor = self._stages()[stage]
+        records = matcher.records = [] if t.enabled else None
+        try:
+            yield
+        finally:
+            matcher.records = None
+        if records is None:
+            return
+        if len(records) != len(boxes):
+            raise RuntimeError(f"DynamicMatcher was called {len(records)} times for {len(boxes)} images: the "
+                               "statistics need one call an image, as detectron2's heads make them.")
+        with_gt = stage == 0 and self.proposal_append_gt and t.stats_include_gt
+        ious, sources, matched, appended = [], [], [], []
+        for i, (b, g, r) in enumerate(zip(boxes, targets, records)):
+            n = len(b)
+            if r is None or len(g) == 0 or (n == 0 and not with_gt):
+                continue
+            values, indices = r[0][:n], r[1][:n]
+            if keep is not None:
+                values, indices, b = values[keep[i]], indices[keep[i]], b[keep[i]]
+            # Appended ground truth: IoU 1 and error 0, counted rather than computed (a degenerate box would
+            # divide by its zero width).
+            ious.append(r[0] if with_gt else values)
+            sources.append(b)
+            matched.append(g.gt_boxes.tensor[indices])
+            appended.append(len(g) if with_gt else 0)
+        if not ious:
+            return
+        errors = box_errors(torch.cat(sources), torch.cat(matched), predictor.box2box_transform)
+        stats = [iou_statistic(ious, t.iou_topk),
+                 error_statistic(errors.split([len(s) for s in sources]), t.beta_topk, appended)]
+        if all(s is not None for s in stats):  # None: every box was left out
+            t.record(*torch.stack(stats).tolist())  # the matching has just synchronised the device: cheap
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
-        """``StandardROIHeads``'s, with the tracker's values in force and its statistics recorded."""
-        self._apply_tracker_values()
-        if not self.tracker.enabled:
+        """detectron2's, with every stage's values in force and the statistics of stage 0's boxes recorded."""
+        self._apply_values()
+        # Which sampled boxes are appended ground truth, for a cascade to leave their descendants out.
+        self._lineage = [[]] if self.proposal_append_gt and not self.trackers[0].stats_include_gt else None
+        with self._recording(0, [p.proposal_boxes.tensor for p in proposals], targets):
             return super().label_and_sample_proposals(proposals, targets)
-        records: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = []
-        self.proposal_matcher.records = records
-        try:
-            sampled = super().label_and_sample_proposals(proposals, targets)
-        finally:
-            self.proposal_matcher.records = None
-        self._record_statistics(proposals, targets, records)
-        return sampled
-
-    def _record_statistics(self, proposals, targets, records) -> None:
-        record_proposal_statistics(self.tracker, proposals, targets, records, self.proposal_append_gt,
-                                   self.box_predictor.box2box_transform)
 
 
-def record_proposal_statistics(tracker, proposals, targets, records, proposal_append_gt, box2box_transform) -> None:
-    """
-    :func:`record_statistics` of the RPN's proposals as ``StandardROIHeads.label_and_sample_proposals``
-    matched them, one ``records`` entry of :class:`DynamicMatcher` an image: the proposals, then the
-    ground-truth boxes when they are appended, which count when ``tracker.stats_include_gt``.
-    """
-    if len(records) != len(proposals):
-        raise RuntimeError(
-            f"DynamicMatcher was called {len(records)} times for {len(proposals)} images: "
-            "the statistics need one call per image, as StandardROIHeads makes them."
-        )
-    with_gt = proposal_append_gt and tracker.stats_include_gt
-    ious, sources, matched, appended = [], [], [], []
-    for p, t, r in zip(proposals, targets, records):
-        if r is None or len(t) == 0 or (len(p) == 0 and not with_gt):
-            continue
-        n = len(p)
-        ious.append(r[0] if with_gt else r[0][:n])
-        sources.append(p.proposal_boxes.tensor)
-        matched.append(t.gt_boxes.tensor[r[1][:n]])
-        appended.append(len(t) if with_gt else 0)
-    record_statistics(tracker, ious, sources, matched, appended, box2box_transform)
+@ROI_HEADS_REGISTRY.register()
+class DynamicROIHeads(_DynamicStages, StandardROIHeads):
+    """``StandardROIHeads`` whose matcher threshold and SmoothL1 beta come from ``self.tracker``, updated from the
+    statistics of the proposals it labels. Inference and weights are ``StandardROIHeads``'s."""
+
+    # Constants for TorchScript, as detectron2's scripting patch makes them for StandardROIHeads only.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
+
+    @configurable
+    def __init__(self, *, tracker: DynamicTracker, **kwargs):
+        """``tracker``: the settings and the values in force; ``kwargs``: those of ``StandardROIHeads``, its
+        ``proposal_matcher`` with one threshold (it becomes a :class:`DynamicMatcher`)."""
+        check_tracker_args(**{k: kwargs.pop(k) for k in list(kwargs) if k in REMOVED})  # earlier versions' arguments
+        super().__init__(**kwargs)
+        self.proposal_matcher = self._attach([tracker], [self.proposal_matcher], [self.box_predictor])[0]
+        self.tracker = tracker
+        self._apply_values()
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        (args, keys), = tracker_args(cfg, cascade=False)
+        ret["tracker"] = DynamicTracker(keys=keys, **args)
+        ret["proposal_matcher"] = DynamicMatcher(args["warmup_iou"])
+        return ret
 
 
-def record_statistics(tracker: DynamicTracker, ious, sources, matched, appended, box2box_transform) -> None:
-    """
-    Record one iteration's statistics into ``tracker``, per image that has ground truth and boxes:
+@ROI_HEADS_REGISTRY.register()
+class DynamicCascadeROIHeads(_DynamicStages, CascadeROIHeads):
+    """``CascadeROIHeads`` whose stage k takes its threshold and beta from ``self.trackers[k]``, updated from the
+    statistics of the boxes it labels: stage 0 the RPN's proposals, stage k > 0 those stage k - 1 regressed.
+    Inference and weights are ``CascadeROIHeads``'s."""
 
-    - ``ious``: the largest IoU of every counted box with a ground-truth box (the matcher's values);
-    - ``sources``, ``matched``: the counted boxes whose errors are computed (Nx4) and the ground-truth
-      box each matched best; they are the first N of ``ious``;
-    - ``appended``: how many appended ground-truth boxes follow them in ``ious``. They count error 0
-      (their target is themselves): counted, not computed, so that a degenerate box a custom mapper
-      let through cannot divide by its zero width. Boxes of the RPN or of a cascade stage are never empty.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
-    Also writes ``dynamic_rcnn/proposal_fg`` (under the tracker's scope): the counted boxes an image at or
-    above the threshold in force, appended ground truth left out, which the hook watches.
-    """
-    if not ious:
-        return
-    errors = box_errors(torch.cat(sources), torch.cat(matched), box2box_transform).split([len(b) for b in sources])
-    # Appended boxes overlap themselves (IoU 1): every one is at or above the threshold.
-    fg = ((torch.cat(list(ious)) >= tracker.iou_threshold).sum() - sum(appended)) / len(ious)
-    stats = torch.stack([iou_statistic(ious, tracker.iou_topk),
-                         error_statistic(errors, tracker.error_topk, appended), fg.float()])
-    # The matching just before synchronised the device: reading three numbers is cheap here.
-    iou_stat, error_stat, fg = stats.tolist()
-    tracker.record(iou_stat, error_stat)
-    get_event_storage().put_scalar(scalar_name(tracker, "proposal_fg"), fg, smoothing_hint=False)
+    @configurable
+    def __init__(self, *, trackers: List[DynamicTracker], **kwargs):
+        """``trackers``: one a stage; ``kwargs``: those of ``CascadeROIHeads``, each matcher with one threshold."""
+        super().__init__(**kwargs)
+        self.proposal_matchers = self._attach(trackers, self.proposal_matchers, self.box_predictor)
+        self.proposal_matcher = self.proposal_matchers[0]  # stage 0 labels the proposals with it
+        self._lineage: Optional[List[List[torch.Tensor]]] = None
+        self._apply_values()
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["trackers"] = [DynamicTracker(keys=keys, **args) for args, keys in tracker_args(cfg, cascade=True)]
+        return ret
+
+    def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
+        sampled, classes = super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
+        if self._lineage is not None:  # the matcher saw the proposals, then the appended ground truth
+            self._lineage[0].append(sampled >= matched_idxs.numel() - gt_classes.numel())
+        return sampled, classes
+
+    def _create_proposals_from_boxes(self, boxes, image_sizes):
+        proposals = super()._create_proposals_from_boxes(boxes, image_sizes)
+        if self.training and self._lineage is not None:  # detectron2 drops the boxes clipping left empty
+            kept = []
+            for b, size, from_gt in zip(boxes, image_sizes, self._lineage[-1]):
+                clipped = Boxes(b.detach().clone())
+                clipped.clip(size)
+                kept.append(from_gt[clipped.nonempty()])
+            self._lineage.append(kept)
+        return proposals
+
+    @torch.no_grad()
+    def _match_and_label_boxes(self, proposals, stage, targets):
+        keep = None if self._lineage is None else [~from_gt for from_gt in self._lineage[stage]]
+        with self._recording(stage, [p.proposal_boxes.tensor for p in proposals], targets, keep):
+            return super()._match_and_label_boxes(proposals, stage, targets)

@@ -1,21 +1,13 @@
-"""
-The math of Dynamic R-CNN as pure functions (docs/ALGORITHM.md): the two statistics of an iteration,
-and the rule that turns a window of them into a new IoU threshold and a new SmoothL1 beta.
-"""
+"""The math of Dynamic R-CNN as pure functions: the two statistics of an iteration, and the rule that turns a
+window of them into a new IoU threshold and a new SmoothL1 beta (docs/ALGORITHM.md)."""
 import statistics as _stats
 from typing import Optional, Sequence
 
 import torch
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-__all__ = [
-    "BETA_COLLAPSE_GUARD",
-    "box_errors",
-    "iou_statistic",
-    "error_statistic",
-    "updated_iou_threshold",
-    "updated_beta",
-]
+__all__ = ["BETA_COLLAPSE_GUARD", "box_errors", "iou_statistic", "error_statistic", "updated_iou_threshold",
+           "updated_beta"]
 
 # A median error below this keeps the previous beta: a beta collapsing to zero makes the
 # SmoothL1 loss an L1 loss with an infinite quadratic part (MMDetection's fix).

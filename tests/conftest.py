@@ -13,6 +13,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
+import dynamic_rcnn.data  # noqa: F401  (registers the built-in datasets)
 from dynamic_rcnn import add_dynamic_rcnn_config
 from dynamic_rcnn.statistics import box_errors, error_statistic, iou_statistic
 
@@ -119,7 +120,7 @@ def tmp_output(tmp_path):
     return str(tmp_path / "output")
 
 
-def reference_statistics(proposal_boxes, gt_boxes, box2box_transform, iou_topk, error_topk):
+def reference_statistics(proposal_boxes, gt_boxes, box2box_transform, iou_topk, beta_topk):
     """
     The paper's two statistics of one iteration computed from scratch (their own IoU matrix), from
     the boxes as the ROI head matches them (``Boxes`` per image, ground truth appended when it is
@@ -131,15 +132,14 @@ def reference_statistics(proposal_boxes, gt_boxes, box2box_transform, iou_topk, 
         return None
     best = [pairwise_iou(g, p).max(dim=0) for p, g in kept]
     errors = [box_errors(p.tensor, g.tensor[b.indices], box2box_transform) for (p, g), b in zip(kept, best)]
-    return iou_statistic([b.values for b in best], iou_topk), error_statistic(errors, error_topk)
+    return iou_statistic([b.values for b in best], iou_topk), error_statistic(errors, beta_topk)
 
 
 @contextlib.contextmanager
-def logged_warnings(name="dynamic_rcnn"):
+def logged_warnings(name="detectron2.dynamic_rcnn", level=logging.WARNING):
     """
     The messages of the warnings the ``name`` logger emits meanwhile. A handler of its own: once a
-    trainer has set up detectron2's logs, the project's logger shares their handlers and does not
-    propagate to pytest's ``caplog``.
+    trainer has set up detectron2's logger, it no longer propagates to pytest's ``caplog``.
     """
     messages = []
 
@@ -147,9 +147,18 @@ def logged_warnings(name="dynamic_rcnn"):
         def emit(self, record):
             messages.append(record.getMessage())
 
-    handler, logger = Handler(logging.WARNING), logging.getLogger(name)
+    handler, logger = Handler(level), logging.getLogger(name)
     logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(min(old or level, level))
     try:
         yield messages
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+def recorded(tracker):
+    """The statistics ``tracker`` recorded last (as the hook takes them), or None; cleared."""
+    pair, tracker.latest = tracker.latest, None
+    return pair

@@ -126,7 +126,7 @@ def test_every_variant_starts_from_its_config_and_the_reference_is_detectron2s_s
     assert "MODEL.RPN.NMS_THRESH 0.7" in joined and "MODEL.DYNAMIC_RCNN.WARMUP_BETA 0.0" in joined
     assert "SOLVER.MAX_ITER 1200" in joined and joined.endswith("OUTPUT_DIR /runs/bccd/dla_l1_nms70_x3/seed3")
     # Every variant's config loads with its overrides: a bad one would fail hours into a matrix.
-    from dynamic_rcnn.config import load_config
+    from dynamic_rcnn.engine import load_config
 
     for data in accuracy.CONFIGS:
         for name, (kind, opts) in accuracy.VARIANTS.items():
@@ -160,8 +160,8 @@ def test_count_ops_counts_what_the_dynamic_head_adds():
     assert (names["dynamic"] - names["standard"])["aten::topk"] >= 1
     off, _ = overhead.count_ops(argparse.Namespace(**{**vars(base), "opts": [
         "MODEL.DYNAMIC_RCNN.ENABLE_DLA", False, "MODEL.DYNAMIC_RCNN.ENABLE_DSL", False]}))
-    # Both parts off records nothing: the statistics are what the dynamic head adds; its single-threshold
-    # matcher makes fewer operations than detectron2's.
+    # Both parts off records nothing: the statistics are what the dynamic head adds; its one-threshold
+    # matcher makes fewer operations than detectron2's (no boolean-mask writes).
     assert off["dynamic"] < counts["dynamic"] and off["dynamic"] < off["standard"], (counts, off)
 
 

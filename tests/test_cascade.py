@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 from dynamic_rcnn import DynamicCascadeROIHeads, Trainer
 
-from conftest import proposals, roi_features, roi_input_shape, targets, tiny_cfg
+from conftest import logged_warnings, proposals, recorded, roi_features, roi_input_shape, targets, tiny_cfg
 
 SIZE = (64, 64)
 GT = [[8.0, 8, 40, 40]]
@@ -44,7 +44,7 @@ def build_head(cfg):
 
 
 def committed(head):
-    return [t.commit() for t in head.trackers]
+    return [recorded(t) for t in head.trackers]
 
 
 def test_registered_with_one_tracker_a_stage_and_the_defaults_of_cascade_md():
@@ -56,7 +56,7 @@ def test_registered_with_one_tracker_a_stage_and_the_defaults_of_cascade_md():
     assert [t.warmup_iou for t in head.trackers] == [0.5, 0.6, 0.7]
     assert [t.warmup_beta for t in head.trackers] == [1.0, 1.0, 1.0]
     assert [t.iou_topk for t in head.trackers] == [11, 11, 11]
-    assert [t.error_topk for t in head.trackers] == [cfg.MODEL.DYNAMIC_RCNN.BETA_TOPK] * 3
+    assert [t.beta_topk for t in head.trackers] == [cfg.MODEL.DYNAMIC_RCNN.BETA_TOPK] * 3
     assert [t.scope for t in head.trackers] == ["stage0", "stage1", "stage2"]
     assert head.proposal_matcher is head.proposal_matchers[0]
     assert [m.thresholds[1] for m in head.proposal_matchers] == [0.5, 0.6, 0.7]
@@ -123,14 +123,13 @@ def test_both_parts_off_is_detectron2s_cascade_at_the_floors_and_ceilings():
     assert set(got) == set(want) and {f"loss_box_reg_stage{k}" for k in range(3)} <= set(got)
     for key in want:
         assert torch.allclose(got[key], want[key]), key
-    assert all(t.commit() is None for t in ours.trackers)  # nothing recorded
+    assert all(recorded(t) is None for t in ours.trackers)  # nothing recorded
 
 
-def set_window(tracker, iou_stats, error_stats):
-    for iou, err in zip(iou_stats, error_stats):
-        tracker.record(iou, err)
-        tracker.commit()
-    tracker.update()
+def set_window(t, iou_stats, error_stats):
+    """The tracker updated from exactly these statistics (what earlier forwards recorded is dropped)."""
+    t.load_state_dict({"iou_threshold": t.iou_threshold, "beta": t.beta, "window": list(zip(iou_stats, error_stats))})
+    t.update()
 
 
 @pytest.mark.parametrize("dla, dsl", [(True, True), (True, False), (False, True)])
@@ -155,7 +154,8 @@ def test_a_stage_can_be_left_fixed():
 
 
 def test_refusals_name_the_key_and_the_stage():
-    from dynamic_rcnn.config import ConfigError, validate_dynamic_rcnn_config
+    from dynamic_rcnn.config import ConfigError
+    from dynamic_rcnn.engine import validate_dynamic_rcnn_config
 
     cases = [
         (["MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK", [10, 10]],
@@ -166,13 +166,15 @@ def test_refusals_name_the_key_and_the_stage():
          r"CASCADE.WARMUP_IOU of stage 2 \(by default MODEL.ROI_BOX_CASCADE_HEAD.IOUS\[2\]\) = 1.0 is invalid"),
         (["MODEL.DYNAMIC_RCNN.CASCADE.WARMUP_BETA", [1.0, 0.0, 1.0]],
          r"CASCADE.WARMUP_BETA\[1\] \(stage 1\) = 0 is invalid with DSL on"),
-        (["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou"], "ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE"),
-        (["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False], "CLS_AGNOSTIC_BBOX_REG = False is invalid with a Cascade"),
+        (["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou"], r"CASCADE.ENABLE_DSL of stage 0 \(by default "
+         r"MODEL.DYNAMIC_RCNN.ENABLE_DSL\) = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = 'smooth_l1'"),
     ]
     for opts, message in cases:
         cfg = cascade_cfg(*opts)
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(ConfigError, match=message):  # at start-up
             validate_dynamic_rcnn_config(cfg)
+        with pytest.raises(ConfigError, match=message):  # where the head is built, the same words
+            build_head(cfg)
     # L1 with DLA alone, at one stage or all: valid.
     validate_dynamic_rcnn_config(cascade_cfg("MODEL.DYNAMIC_RCNN.ENABLE_DSL", False, "MODEL.DYNAMIC_RCNN.WARMUP_BETA", 0.0))
 
@@ -209,7 +211,7 @@ class _Lines(logging.Handler):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cascade"))
-    lines, loggers = _Lines(), [logging.getLogger(n) for n in ("dynamic_rcnn", "detectron2.utils.events")]
+    lines, loggers = _Lines(), [logging.getLogger(n) for n in ("detectron2.dynamic_rcnn", "detectron2.utils.events")]
     for logger in loggers:
         logger.addHandler(lines)
         logger.setLevel(logging.INFO)
@@ -264,7 +266,7 @@ def test_resume_continues_every_stage_as_the_uninterrupted_run(uninterrupted, tm
     ("DynamicCascadeROIHeads", "DynamicROIHeads", "of a cascade of 3 stages, but this model has a single head"),
 ])
 def test_another_number_of_stages_on_resume_is_said(tmp_path, first, then, said):
-    from dynamic_rcnn.checkpoint import CheckpointError
+    from dynamic_rcnn.engine.checkpoint import CheckpointError
 
     out = str(tmp_path)
     train(out, 2, False, "MODEL.ROI_HEADS.NAME", first)
@@ -272,27 +274,57 @@ def test_another_number_of_stages_on_resume_is_said(tmp_path, first, then, said)
         train(out, 4, True, "MODEL.ROI_HEADS.NAME", then)
 
 
-def test_one_gather_an_iteration_for_every_stage(monkeypatch):
+def test_one_gather_an_update_period_for_every_stage(monkeypatch):
     from types import SimpleNamespace
 
     from detectron2.engine import SimpleTrainer
     from detectron2.solver import build_optimizer
 
-    from dynamic_rcnn import add_dynamic_rcnn_hook, tracker
+    from dynamic_rcnn import add_dynamic_rcnn_hook, hook, tracker
 
     cfg = tiny_cfg(*OPTS)
     model = build_model(cfg)
     trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
-    hook = add_dynamic_rcnn_hook(trainer)
+    add_dynamic_rcnn_hook(trainer)
     gathers = []
     # As if a second process had recorded the same statistics (the trackers' view of the processes only).
-    monkeypatch.setattr(tracker, "comm", SimpleNamespace(get_world_size=lambda: 2,
-                                                         all_gather=lambda data: gathers.append(data) or [data, data]))
-    trainer.train(0, 3)
-    assert len(gathers) == 3 and all(len(g) == 3 for g in gathers)  # one gather an iteration, all stages in it
-    assert [len(t.window) for t in hook.trackers] == [6, 6, 6]  # both "processes'" rows
+    fake = SimpleNamespace(get_world_size=lambda: 2, all_gather=lambda data: gathers.append(data) or [data, data])
+    monkeypatch.setattr(tracker, "comm", fake)
+    monkeypatch.setattr(hook, "comm", fake)
+    with logged_warnings("detectron2.dynamic_rcnn.hook", logging.INFO) as lines:
+        trainer.train(0, 9)
+    # One at start-up (when the main process checkpoints: here never), then one an update (after iterations 3 and
+    # 7) for all three stages; the windows are both "processes'" 4 iterations.
+    assert gathers[0] is None and len(gathers) == 3 and all(len(g) == 3 for g in gathers[1:])
+    assert sum(f"stage{k} update at iteration 4 from 8 statistics" in line for line in lines for k in range(3)) == 3
+
 
 
 def test_dynamic_cascade_mask_rcnn_trains(tmp_path):
     trainer = train(str(tmp_path), 3, False, "MODEL.MASK_ON", True)
     assert "loss_mask" in trainer.storage.histories()
+
+
+def test_the_heads_refuse_trackers_that_do_not_fit_their_stages():
+    from dynamic_rcnn import DynamicTracker
+
+    cfg = cascade_cfg()
+    args = DynamicCascadeROIHeads.from_config(cfg, roi_input_shape(cfg))
+    with pytest.raises(ValueError, match=r"needs one DynamicTracker a stage \(3\), got \['DynamicTracker', 'DynamicTracker'\]"):
+        DynamicCascadeROIHeads(**dict(args, trackers=args["trackers"][:2]))
+    periods = [DynamicTracker(update_period=p) for p in (20, 20, 40)]
+    with pytest.raises(ValueError, match=r"every stage updates at the same iteration, .* \[20, 20, 40\]"):
+        DynamicCascadeROIHeads(**dict(args, trackers=periods))
+    from dynamic_rcnn import DynamicROIHeads
+
+    single = tiny_cfg()
+    with pytest.raises(ValueError, match=r"needs one DynamicTracker a stage \(1\), got \['dict'\]"):
+        DynamicROIHeads(**dict(DynamicROIHeads.from_config(single, roi_input_shape(single)), tracker={}))
+
+
+def test_statistics_need_one_matcher_call_an_image():
+    """A head that matched the boxes of two images in one call would mix their statistics: refused."""
+    head = build_head(cascade_cfg())
+    with pytest.raises(RuntimeError, match="DynamicMatcher was called 1 times for 2 images"):
+        with EventStorage(), head._recording(0, [torch.zeros(1, 4), torch.zeros(1, 4)], [targets(SIZE, GT)] * 2):
+            head.proposal_matcher(torch.rand(1, 1))

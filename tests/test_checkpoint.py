@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from dynamic_rcnn.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from dynamic_rcnn.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 
 from conftest import save_tiny_checkpoint, tiny_cfg
 
@@ -138,7 +138,7 @@ def test_resume_into_another_architecture_is_refused_naming_the_checkpoint_and_t
 def test_a_checkpoint_is_saved_whole_or_not_at_all(saved, tmp_path, monkeypatch):
     import errno
 
-    from dynamic_rcnn.checkpoint import AtomicCheckpointer
+    from dynamic_rcnn.engine.checkpoint import AtomicCheckpointer
 
     model, _ = saved
     checkpointer = AtomicCheckpointer(model, save_dir=str(tmp_path))
@@ -163,14 +163,16 @@ def test_a_checkpoint_is_saved_whole_or_not_at_all(saved, tmp_path, monkeypatch)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
 
 
-def test_resume_says_a_cut_save_left_in_the_output_dir_is_not_used(saved, tmp_path, caplog):
+def test_resume_says_a_cut_save_left_in_the_output_dir_is_not_used(saved, tmp_path):
+    from conftest import logged_warnings
+
     model, good = saved
     shutil.copy(good, tmp_path / "model_0000004.pth")
     (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
     (tmp_path / "model_0000009.pth.tmp").write_bytes(b"PK\x03\x04 cut off by SIGKILL")
-    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+    with logged_warnings("detectron2.dynamic_rcnn.engine.checkpoint") as messages:
         load_checkpoint(DetectionCheckpointer(model, save_dir=str(tmp_path)), "", resume=True)
-    assert [r.getMessage() for r in caplog.records if r.name == "dynamic_rcnn.checkpoint"] == [
+    assert messages == [
         f"{tmp_path / 'model_0000009.pth.tmp'}: a checkpoint whose save was cut off (the run was stopped while "
         f"writing it), not used: the run goes on from {tmp_path / 'model_0000004.pth'}, which "
         f"{tmp_path / 'last_checkpoint'} names. Delete it to free the space"]
@@ -179,8 +181,8 @@ def test_resume_says_a_cut_save_left_in_the_output_dir_is_not_used(saved, tmp_pa
 def test_the_trainer_saves_with_the_atomic_checkpointer(tmp_path):
     from detectron2.engine import hooks
 
-    from dynamic_rcnn import Trainer
-    from dynamic_rcnn.checkpoint import AtomicCheckpointer
+    from dynamic_rcnn.engine import Trainer
+    from dynamic_rcnn.engine.checkpoint import AtomicCheckpointer
 
     trainer = Trainer(tiny_cfg("OUTPUT_DIR", str(tmp_path)))
     assert type(trainer.checkpointer) is AtomicCheckpointer
@@ -194,8 +196,8 @@ def test_the_trainer_saves_with_the_atomic_checkpointer(tmp_path):
 def test_a_full_disk_at_the_final_save_ends_in_its_error_without_an_evaluation(tmp_path, monkeypatch):
     # detectron2's EvalHook evaluates after a failure at the last iteration; an evaluation on that
     # full disk would replace the checkpoint's one-line error with its own traceback.
-    from dynamic_rcnn import Trainer
-    from dynamic_rcnn.checkpoint import CheckpointError
+    from dynamic_rcnn.engine import Trainer
+    from dynamic_rcnn.engine.checkpoint import CheckpointError
 
     trainer = Trainer(tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 2))
     evaluated = []
@@ -211,7 +213,7 @@ def test_a_full_disk_at_the_final_save_ends_in_its_error_without_an_evaluation(t
 
 
 def test_a_finished_training_still_ends_in_its_evaluation(tmp_path, monkeypatch):
-    from dynamic_rcnn import Trainer
+    from dynamic_rcnn.engine import Trainer
 
     trainer = Trainer(tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 2))
     evaluated = []

@@ -2,7 +2,8 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from dynamic_rcnn import add_dynamic_rcnn_config, validate_dynamic_rcnn_config
+from dynamic_rcnn import add_dynamic_rcnn_config
+from dynamic_rcnn.engine import validate_dynamic_rcnn_config
 
 from conftest import tiny_cfg
 
@@ -65,20 +66,23 @@ def test_dsl_with_another_box_loss_fails():
     validate_dynamic_rcnn_config(cfg)
 
 
-def test_what_detectron2s_cascade_asserts_is_refused_with_the_key_and_the_fix():
+def test_what_detectron2s_cascade_asserts_is_refused_at_start_up_with_the_key_and_the_fix():
+    from conftest import SHAPES_CONFIG
+    from dynamic_rcnn.engine import load_config
+    from dynamic_rcnn.engine.defaults import check_cascade
+
     for head in ("CascadeROIHeads", "DynamicCascadeROIHeads"):
-        cfg = tiny_cfg("MODEL.ROI_HEADS.NAME", head)
         with pytest.raises(ValueError, match="CLS_AGNOSTIC_BBOX_REG = False is invalid with a Cascade head.*Set it True"):
-            validate_dynamic_rcnn_config(cfg)
-        cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
-        validate_dynamic_rcnn_config(cfg)  # detectron2's IOUS 0.5, 0.6, 0.7 and IOU_THRESHOLDS [0.5]
+            load_config(SHAPES_CONFIG, ["MODEL.ROI_HEADS.NAME", head])
+        cfg = tiny_cfg("MODEL.ROI_HEADS.NAME", head, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True)
+        check_cascade(cfg)  # detectron2's IOUS 0.5, 0.6, 0.7 and IOU_THRESHOLDS [0.5]
         cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = ((10.0, 10.0, 5.0, 5.0),)
         with pytest.raises(ValueError, match="IOUS has 3 stages and BBOX_REG_WEIGHTS 1"):
-            validate_dynamic_rcnn_config(cfg)
+            check_cascade(cfg)
         cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.4,)
         with pytest.raises(ValueError, match=r"IOU_THRESHOLDS \[0.5\] must start with .*IOUS\[0\] = 0.4.*set "
                                              r"MODEL.ROI_HEADS.IOU_THRESHOLDS to \[IOUS\[0\]\]"):
-            validate_dynamic_rcnn_config(cfg)
+            check_cascade(cfg)
 
 
 def test_missing_section_says_what_to_call():
@@ -95,7 +99,8 @@ REMOVED = [
 
 @pytest.mark.parametrize("key, value, instead", REMOVED)
 def test_a_removed_key_is_refused_with_what_to_use_instead(key, value, instead, tmp_path):
-    from dynamic_rcnn.config import ConfigError, load_config
+    from dynamic_rcnn.config import ConfigError
+    from dynamic_rcnn.engine import load_config
 
     from conftest import SHAPES_CONFIG
 
@@ -125,7 +130,7 @@ def test_a_removed_argument_of_the_tracker_is_refused(arg, key, instead):
 
 
 def test_infinite_beta_from_the_command_line_and_yaml_fails(tmp_path):
-    from dynamic_rcnn.config import load_config
+    from dynamic_rcnn.engine import load_config
 
     from conftest import SHAPES_CONFIG
 
@@ -168,25 +173,3 @@ def test_head_checks_its_arguments_however_it_is_built():
     with pytest.raises(ValueError, match=r"MIN_POSITIVES_IOU \(argument `min_positives_iou`\) was removed"):
         DynamicROIHeads(**dict(args, min_positives_iou=0.5))
     DynamicROIHeads(**args)
-
-
-@pytest.mark.parametrize("opts, message", [
-    (["MODEL.DYNAMIC_RCNN.BETA_TOPK", 150], "MODEL.DYNAMIC_RCNN.BETA_TOPK = 150 is not below the 150 boxes an image "
-                                            "(MODEL.RPN.POST_NMS_TOPK_TRAIN): the error statistic is then the largest"),
-    (["MODEL.DYNAMIC_RCNN.IOU_TOPK", 200], "MODEL.DYNAMIC_RCNN.IOU_TOPK = 200 is not below the 150 boxes an image"),
-    (["MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", False, "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT", True],
-     "STATS_INCLUDE_GT True has no ground truth to include: MODEL.ROI_HEADS.PROPOSAL_APPEND_GT is False"),
-    (["MODEL.ROI_HEADS.NAME", "DynamicCascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True,
-      "MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK", [10, 64, 10]],
-     "MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK of stage 1 = 64 is not below the 64 boxes an image "
-     "(MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)"),
-])
-def test_settings_that_leave_a_value_unable_to_move_are_warned_about_when_the_model_is_built(opts, message):
-    from conftest import logged_warnings
-
-    with logged_warnings() as messages:
-        build_model(tiny_cfg(*opts))
-    assert any(message in m for m in messages), messages
-    with logged_warnings() as messages:
-        build_model(tiny_cfg())  # the tiny config: nothing to say
-    assert messages == []

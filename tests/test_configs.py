@@ -4,7 +4,8 @@ import os
 import pytest
 from detectron2.config import get_cfg
 
-from dynamic_rcnn import add_dynamic_rcnn_config, validate_dynamic_rcnn_config
+from dynamic_rcnn import add_dynamic_rcnn_config
+from dynamic_rcnn.engine import validate_dynamic_rcnn_config
 
 from conftest import ROOT
 
@@ -119,7 +120,7 @@ def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(na
     One line switches a Cascade config to Dynamic Cascade (the small-data ones also update every 20
     iterations; BCCD's also sets the statistics measured best there: no ground truth, K_I 44, K_E 20).
     """
-    from dynamic_rcnn.config import cascade_tracker_args
+    from dynamic_rcnn.config import tracker_args
 
     dynamic = load(name + ".yaml")
     stock = load(name.replace("dynamic_", "") + ".yaml")
@@ -132,10 +133,10 @@ def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(na
         d.STATS_INCLUDE_GT, d.BETA_TOPK, d.CASCADE.IOU_TOPK = False, 20, [44, 44, 44]
     stock.OUTPUT_DIR = dynamic.OUTPUT_DIR
     assert dynamic == stock
-    stages = cascade_tracker_args(dynamic)
+    stages = [args for args, _ in tracker_args(dynamic, cascade=True)]
     coco = "R_50" in name
     assert [s["iou_topk"] for s in stages] == ([150, 150, 150] if coco else [44, 44, 44] if bccd else [22, 22, 22])
     assert [s["warmup_iou"] for s in stages] == [0.5, 0.6, 0.7]
-    assert {s["error_topk"] for s in stages} == {20 if bccd else 10} and {s["warmup_beta"] for s in stages} == {1.0}
+    assert {s["beta_topk"] for s in stages} == {20 if bccd else 10} and {s["warmup_beta"] for s in stages} == {1.0}
     assert {s["stats_include_gt"] for s in stages} == {not bccd}
     assert dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD == (100 if coco else 20)

@@ -84,7 +84,7 @@ def test_sanitize_mends_or_drops_each_kind_and_says_so(tmp_path, caplog):
         ]),
         _record(tmp_path, [_box(1, 1, 5, 5)], exists=False, name="missing.jpg"),
     ]
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         out = sanitize_dataset_dicts(dicts, "mine", num_classes=2)
     assert len(out) == 1
     boxes = [a["bbox"] for a in out[0]["annotations"]]
@@ -127,7 +127,7 @@ def test_voc_folder_with_broken_annotations(tmp_path, caplog):
         ("img2", [("dog", (2, 3, 20, 30))], False),
         ("img3", None, True),
     ])
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         dicts = load_voc_instances(root, "train", ["cat", "dog"], name="myvoc")
     assert [d["image_id"] for d in dicts] == ["img1"]
     annos = dicts[0]["annotations"]
@@ -149,7 +149,7 @@ def test_voc_folder_with_broken_annotations(tmp_path, caplog):
 def test_bccd_splits_drop_its_two_zero_area_boxes(caplog):
     import dynamic_rcnn  # noqa: F401
 
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         sizes = {s: len(DatasetCatalog.get(f"bccd_{s}")) for s in ("train", "val", "trainval", "test")}
     assert sizes == {"train": 205, "val": 87, "trainval": 292, "test": 72}
     assert (
@@ -177,7 +177,7 @@ def test_coco_json_maps_ids_and_drops_broken(tmp_path, caplog):
     }
     json_file = tmp_path / "train.json"
     json_file.write_text(json.dumps(data))
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         dicts = load_coco_instances(str(json_file), str(images), "mycoco")
     assert len(dicts) == 1
     annos = dicts[0]["annotations"]
@@ -199,7 +199,7 @@ def _summary(caplog, name):
 def test_summary_names_up_to_three_files_per_kind(tmp_path, caplog):
     dicts = [_record(tmp_path, [], exists=False, name=f"m{i}.jpg") for i in range(5)]
     dicts.append(_record(tmp_path, [_box(5, 5, 5, 9), _box(7, 7, 7, 9)], name="z.jpg"))
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         out = sanitize_dataset_dicts(dicts, "few", num_classes=1)
     assert [os.path.basename(r["file_name"]) for r in out] == ["z.jpg"]
     # Counts are of things (5 files, 2 boxes); examples are distinct files.
@@ -224,7 +224,7 @@ def test_voc_non_numeric_fields_drop_the_box_and_read_the_size_from_the_image(tm
         xml = f.read()
     with open(os.path.join(ann, "nosize.xml"), "w") as f:
         f.write(xml.replace("<size><width>64</width><height>48</height></size>", ""))
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         dicts = load_voc_instances(root, "train", ["cat"], name="numbers")
     assert [(d["image_id"], d["height"], d["width"], len(d["annotations"])) for d in dicts] == [
         ("good", 48, 64, 1), ("bad", 48, 64, 1), ("nosize", 48, 64, 1)]
@@ -251,7 +251,7 @@ def test_unreadable_image_files_are_dropped_at_load(tmp_path, caplog):
         "categories": [{"id": 1, "name": "cat"}],
         "annotations": [{"id": i, "image_id": i, "bbox": [1, 1, 5, 5], "category_id": 1} for i in (1, 2)],
     }))
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         voc = load_voc_instances(root, "train", ["cat"], name="fakevoc")
         coco = load_coco_instances(str(json_file), str(images), "fakecoco")
     assert [d["image_id"] for d in voc] == ["ok"] and [d["image_id"] for d in coco] == [1]
@@ -290,7 +290,7 @@ def test_coco_broken_entries_are_dropped_and_counted(tmp_path, caplog):
     }
     json_file = tmp_path / "broken.json"
     json_file.write_text(json.dumps(data))
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         dicts = load_coco_instances(str(json_file), str(images), "brokencoco")
     assert [(d["image_id"], d["height"], d["width"]) for d in dicts] == [(1, 40, 50), (2, 40, 50)]
     assert [a["bbox"] for d in dicts for a in d["annotations"]] == [[1, 2, 11, 12], [5, 5, 15, 15]]
@@ -408,7 +408,7 @@ def test_voc_image_is_the_split_ids_whatever_its_xml_filename_says(tmp_path, cap
         ("v005", "v005.jpg", "v005.jpg"),          # so v005.jpg is not read twice
         ("v006", None, "v006.bmp"),                # no <filename>
     ])
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         dicts = load_voc_instances(root, "train", ["cat"], name="voc_names")
     assert [os.path.basename(d["file_name"]) for d in dicts] == [
         "v001.jpg", "v002.PNG", "IMG_0004.JPG", "v003.jpg", "v005.jpg", "v006.bmp"]
@@ -420,7 +420,7 @@ def test_voc_image_is_the_split_ids_whatever_its_xml_filename_says(tmp_path, cap
 def test_voc_image_missing_under_its_id_is_named_by_its_id(tmp_path, caplog):
     root = str(tmp_path / "voc")
     _write_voc(root, [("v007", "v007.jpg", "v007.gif.txt"), ("v008", "v008.jpg", "v008.jpg")])
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         dicts = load_voc_instances(root, "train", ["cat"], name="voc_missing")
     assert [d["image_id"] for d in dicts] == ["v008"]
     assert _summary(caplog, "voc_missing") == (
@@ -436,7 +436,7 @@ def test_16_bit_and_float_images_are_dropped_with_what_to_do(tmp_path, caplog):
         Image.fromarray(array).save(paths[name])
     dicts = [{"file_name": p, "image_id": n, "height": 48, "width": 64, "annotations": [_box(1, 1, 9, 9)]}
              for n, p in paths.items()]
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         out = sanitize_dataset_dicts(dicts, "deep", num_classes=1)
     assert [r["image_id"] for r in out] == ["fine.png"]
     assert _summary(caplog, "deep") == (
@@ -454,7 +454,7 @@ def test_voc_unknown_classes_are_named(tmp_path, caplog):
     with open(os.path.join(root, "Annotations", "v001.xml"), "w") as f:
         f.write(xml.replace("</annotation>", "<object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax>"
                                              "<ymax>9</ymax></bndbox></object></annotation>"))
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         dicts = load_voc_instances(root, "train", ["RBC", "WBC"], name="voc_classes")
     assert [[a["category_id"] for a in d["annotations"]] for d in dicts] == [[0], [1]]  # "WBC " as written: WBC
     assert _summary(caplog, "voc_classes") == (
@@ -474,7 +474,7 @@ def test_image_sizes_that_disagree_with_the_file_are_the_files(tmp_path, caplog)
         {"file_name": str(tmp_path / "turned.jpg"), "image_id": 2, "height": 48, "width": 64,
          "annotations": [_box(1, 1, 40, 60)]},
     ]
-    with caplog.at_level(logging.INFO, logger="dynamic_rcnn"):
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
         out = sanitize_dataset_dicts(dicts, "sizes", num_classes=1)
     assert [(r["height"], r["width"]) for r in out] == [(100, 200), (64, 48)]
     # Boxes as given, in the frame of the image as detectron2 reads it.

@@ -13,9 +13,9 @@ from detectron2.modeling.backbone import resnet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from dynamic_rcnn import deform_conv as dc
-from dynamic_rcnn.config import load_config
-from dynamic_rcnn.deform_conv import build_model
+from dynamic_rcnn.modeling import deform_conv as dc
+from dynamic_rcnn.engine import load_config
+from dynamic_rcnn.modeling import build_model
 
 from conftest import ROOT, tiny_cfg
 

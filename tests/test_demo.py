@@ -96,7 +96,7 @@ def test_main_job_leaves_model_metrics_plots_and_drawings(tmp_path, capsys):
 
 @pytest.mark.parametrize("content", [None, b"\x00not a checkpoint"])
 def test_eval_only_and_training_refuse_a_bad_checkpoint_with_its_path(tmp_path, content):
-    from dynamic_rcnn import Trainer
+    from dynamic_rcnn.engine import Trainer
 
     bad = tmp_path / "bad.pth"
     if content is not None:

@@ -15,12 +15,12 @@ def _worker(out_dir):
     import torch
     from detectron2.utils import comm
 
-    from dynamic_rcnn import Trainer
-    from dynamic_rcnn.hook import find_tracker
+    from dynamic_rcnn.engine import Trainer
+    from dynamic_rcnn import find_trackers
 
     torch.set_num_threads(1)
     trainer = Trainer(tiny_cfg(*OPTS, "OUTPUT_DIR", out_dir))
-    tracker = find_tracker(trainer.model)
+    (tracker,) = find_trackers(trainer.model)
     local, windows = [], []
     record, update = tracker.record, tracker.update
 
@@ -51,7 +51,7 @@ def test_two_processes_gather_windows_and_apply_the_same_values(tmp_path):
     assert r0["local"] != r1["local"]
     # ... and the update at iteration 3 saw both processes' statistics of iterations 0-2.
     assert len(r0["windows"]) == 1 and r0["windows"] == r1["windows"]
-    expected = [s for it in range(3) for s in (r0["local"][it], r1["local"][it])]
+    expected = r0["local"][:3] + r1["local"][:3]  # every process's pairs, process by process
     flat = [x for pair in r0["windows"][0] for x in pair]
     assert flat == pytest.approx([x for pair in expected for x in pair], rel=1e-6)
     # The same threshold and beta in force in both processes at every iteration, moved at 3.
@@ -69,8 +69,8 @@ def _cascade_worker(out_dir):
     import torch
     from detectron2.utils import comm
 
-    from dynamic_rcnn import Trainer
-    from dynamic_rcnn.hook import find_trackers
+    from dynamic_rcnn.engine import Trainer
+    from dynamic_rcnn import find_trackers
 
     torch.set_num_threads(1)
     trainer = Trainer(tiny_cfg(*OPTS, *CASCADE, "OUTPUT_DIR", out_dir))
@@ -105,6 +105,54 @@ def test_two_processes_hold_the_same_windows_for_every_stage(tmp_path):
         mean_iou = sum(s[0] for s in r0["windows"][str(k)][0]) / 6
         assert thresholds[:3] == pytest.approx([floor] * 3)
         assert thresholds[3] == pytest.approx(max(floor, mean_iou))
+
+
+def _counting_worker(out_dir, opts):
+    """Trains with the hook, counting the collectives the project makes (calls of comm.all_gather from it)."""
+    import inspect
+
+    import torch
+    from detectron2.utils import comm
+
+    from dynamic_rcnn.engine import Trainer
+
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny_cfg(*opts, "OUTPUT_DIR", out_dir))
+    calls, all_gather = [], comm.all_gather
+
+    def counted(data, group=None):
+        if inspect.stack()[1].frame.f_globals.get("__name__", "").startswith("dynamic_rcnn"):
+            calls.append(comm.get_rank())
+        return all_gather(data, group=group)
+
+    comm.all_gather = counted
+    try:
+        trainer.train()
+    finally:
+        comm.all_gather = all_gather
+    history = [v for v, _ in trainer.storage.history("dynamic_rcnn/iou_threshold").values()]
+    with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:
+        json.dump({"collectives": len(calls), "history": history}, f)
+
+
+@pytest.mark.slow
+def test_one_collective_an_update_period_and_every_checkpoint_holds_every_process_window(tmp_path):
+    """2 processes, 20 iterations, an update every 5: at most 6 collectives (one at start, one an update); with a
+    checkpoint every 3 iterations between the updates, each checkpoint holds both processes' window."""
+    import torch
+    from detectron2.engine import launch
+
+    opts = OPTS + ["MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 5, "SOLVER.MAX_ITER", 20]
+    out = str(tmp_path / "a")
+    launch(_counting_worker, 2, dist_url="auto", args=(out, opts))
+    r0, r1 = (json.load(open(os.path.join(out, f"rank{r}.json"))) for r in (0, 1))
+    assert r0["collectives"] == r1["collectives"] <= 6, (r0, r1)
+    assert r0["history"] == r1["history"] and len(set(r0["history"])) > 1
+    out = str(tmp_path / "b")
+    launch(_counting_worker, 2, dist_url="auto", args=(out, opts + ["SOLVER.CHECKPOINT_PERIOD", 3]))
+    for it, pairs in ((2, 6), (5, 2), (17, 6)):  # since the last update: 3, 1 and 3 iterations of both processes
+        ckpt = torch.load(os.path.join(out, f"model_{it:07d}.pth"), map_location="cpu", weights_only=False)
+        assert len(ckpt["trainer"]["hooks"]["DynamicRCNNHook"]["stages"][0]["window"]) == pairs, it
 
 
 def _free_port():
@@ -166,7 +214,7 @@ def _read_an_image_cut_after_start(args):
     from detectron2.utils.logger import setup_logger
 
     rank = comm.get_rank()
-    setup_logger(args.out, distributed_rank=rank, name="dynamic_rcnn")  # as train_net.py's setup
+    setup_logger(args.out, distributed_rank=rank)  # as train_net.py's default_setup
     image = os.path.join(args.out, f"image{rank}.png")
     box = {"bbox": [1, 1, 30, 30], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "iscrowd": 0}
     DatasetCatalog.register("one_image", lambda: [
@@ -191,7 +239,7 @@ def test_a_failing_process_ends_the_run_in_one_line_naming_the_file_and_its_log(
     import cv2
     import numpy as np
 
-    from dynamic_rcnn.cli import launch_checked
+    from dynamic_rcnn.engine.launch import launch_checked
 
     out = str(tmp_path)
     for rank in (0, 1):

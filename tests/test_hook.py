@@ -1,11 +1,13 @@
 import json
+import logging
 import os
 import shutil
 
 import pytest
 import torch
 
-from dynamic_rcnn import DynamicRCNNHook, Trainer, add_dynamic_rcnn_hook
+from dynamic_rcnn import DynamicRCNNHook, add_dynamic_rcnn_hook
+from dynamic_rcnn.engine import Trainer
 
 from conftest import logged_warnings, tiny_cfg
 
@@ -71,8 +73,8 @@ def test_metrics_json_has_the_scalars(uninterrupted):
 def test_checkpoint_holds_state_and_model_weights_stay_standard(uninterrupted):
     out, _ = uninterrupted
     ckpt = torch.load(os.path.join(out, "model_0000005.pth"), map_location="cpu", weights_only=False)
-    state = ckpt["trainer"]["hooks"]["DynamicRCNNHook"]
-    assert len(state["window"]) == 2  # iterations 4 and 5 since the update at 4
+    (state,) = ckpt["trainer"]["hooks"]["DynamicRCNNHook"]["stages"]
+    assert len(state["window"]) == 2  # iterations 4 and 5, after the update that iterations 0-3 made
     assert not any("tracker" in k for k in ckpt["model"])
 
 
@@ -110,7 +112,7 @@ def test_hook_in_a_plain_simple_trainer(tmp_path):
     hook = DynamicRCNNHook()
     trainer.register_hooks([hook])
     trainer.train(0, 5)
-    assert hook.tracker is model.roi_heads.tracker
+    assert hook.trackers == [model.roi_heads.tracker]
     assert model.roi_heads.tracker.iou_threshold > 0.05  # updated at iteration 4
     assert len(trainer.storage.history("dynamic_rcnn/beta").values()) == 5
 
@@ -127,7 +129,7 @@ def test_hook_without_dynamic_head_says_what_to_set():
         trainer.train(0, 1)
 
 
-def test_add_dynamic_rcnn_hook_puts_it_before_checkpointer_and_writers_of_a_default_trainer(tmp_path, caplog):
+def test_add_dynamic_rcnn_hook_puts_it_before_checkpointer_and_writers_of_a_default_trainer(tmp_path):
     """Stock DefaultTrainer: the scalars land in the row of their iteration, the last one included."""
     import logging
 
@@ -140,9 +142,7 @@ def test_add_dynamic_rcnn_hook_puts_it_before_checkpointer_and_writers_of_a_defa
     names = [type(h).__name__ for h in trainer._hooks]
     assert names.index("DynamicRCNNHook") < min(names.index("PeriodicCheckpointer"), names.index("PeriodicWriter"))
     assert hook.trainer.iter == trainer.iter  # attached as register_hooks attaches
-    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
-        trainer.train()
-    assert "registered after" not in caplog.text
+    trainer.train()
     with open(os.path.join(out, "metrics.json")) as f:
         rows = [json.loads(line) for line in f]
     # Every row that has losses has the values in force at its iteration, the final one (5) too.
@@ -151,7 +151,7 @@ def test_add_dynamic_rcnn_hook_puts_it_before_checkpointer_and_writers_of_a_defa
     assert all("dynamic_rcnn/iou_threshold" in r and "dynamic_rcnn/beta" in r for r in loss_rows)
     assert all("total_loss" in r for r in rows if "dynamic_rcnn/beta" in r)  # no row of their own
     ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
-    assert len(ckpt["trainer"]["hooks"]["DynamicRCNNHook"]["window"]) == 2  # iterations 4 and 5
+    assert len(ckpt["trainer"]["hooks"]["DynamicRCNNHook"]["stages"][0]["window"]) == 2  # iterations 4 and 5
     with pytest.raises(ValueError, match="has a DynamicRCNNHook already"):
         add_dynamic_rcnn_hook(trainer)
 
@@ -169,45 +169,66 @@ def test_add_dynamic_rcnn_hook_in_a_simple_trainer():
     assert model.roi_heads.tracker.iou_threshold > 0.05  # updated at iteration 4
 
 
-def test_hook_after_a_writer_warns(tmp_path, caplog):
-    import logging
-
-    from detectron2.engine import SimpleTrainer, hooks
-    from detectron2.modeling import build_model
-    from detectron2.solver import build_optimizer
-    from detectron2.utils.events import JSONWriter
-
-    cfg = tiny_cfg(*OPTS)
-    model = build_model(cfg)
-    trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
-    writer = JSONWriter(str(tmp_path / "metrics.json"))
-    trainer.register_hooks([hooks.PeriodicWriter([writer], period=1), DynamicRCNNHook()])
-    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
-        trainer.train(0, 1)
-    assert "registered after PeriodicWriter" in caplog.text and "add_dynamic_rcnn_hook" in caplog.text
-
-
-def test_update_period_beyond_the_training_warns_at_start(tmp_path, caplog):
-    import logging
-
-    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+def test_update_period_beyond_the_training_warns_at_start(tmp_path):
+    with logged_warnings() as messages:
         train(str(tmp_path), 3, False, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 5)
-    assert "will never update: UPDATE_PERIOD 5 and training from iteration 0 to 3" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+    assert any("will never update: UPDATE_PERIOD 5 and training from iteration 0 to 3" in m for m in messages)
+    with logged_warnings() as messages:
         train(str(tmp_path / "b"), 6, False, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 5)
-    assert "never update" not in caplog.text
+    assert not any("never update" in m for m in messages)
 
 
-def test_resume_from_a_checkpoint_without_dynamic_state_says_so(tmp_path, caplog):
-    import logging
-
+def test_resume_from_a_checkpoint_without_dynamic_state_says_so(tmp_path):
     out = str(tmp_path)
     train(out, 3, False, "MODEL.ROI_HEADS.NAME", "StandardROIHeads")  # a baseline run
-    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
+    with logged_warnings() as messages:
         resumed = train(out, 5, True)
     assert resumed.start_iter == 3
-    assert "resumes at iteration 3 from a checkpoint without Dynamic R-CNN state" in caplog.text
+    assert any("has no Dynamic R-CNN state (a baseline run, or one without the hook): Dynamic R-CNN starts from "
+               "the warm-up values at iteration 3" in m for m in messages), messages
+
+
+def test_a_non_finite_statistic_changes_nothing(tmp_path, monkeypatch):
+    """A NaN IoU statistic at iteration 1 is left out of the window: the update at 4 is the rule on the others."""
+    import math
+
+    from dynamic_rcnn import roi_heads
+
+    calls, iou_statistic = [], roi_heads.iou_statistic
+
+    def nan_once(*args):
+        calls.append(1)
+        value = iou_statistic(*args)
+        return value * math.nan if len(calls) == 2 else value
+
+    monkeypatch.setattr(roi_heads, "iou_statistic", nan_once)
+    with logged_warnings("detectron2.dynamic_rcnn.hook", logging.INFO) as lines:
+        trainer = train(str(tmp_path), 5, False)
+    ious = in_force(trainer, "iou_stat")
+    assert sorted(ious) == [0, 2, 3, 4] and all(math.isfinite(v) for v in ious.values())
+    assert in_force(trainer, "iou_threshold")[4] == pytest.approx(max(0.05, (ious[0] + ious[2] + ious[3]) / 3))
+    assert any("update at iteration 4 from 3 statistics (1 non-finite left out)" in line for line in lines), lines
+
+
+def test_a_checkpoint_of_the_earlier_state_format_resumes_and_says_so(uninterrupted, tmp_path):
+    """dynamic_rcnn 0.2 saved a single head's state as one dict, the window of iterations 4-7 before the update at
+    8: resumed from it, the update at 8 is made from that window, as the uninterrupted run made it."""
+    out, full = uninterrupted
+    ckpt = torch.load(os.path.join(out, "model_0000007.pth"), map_location="cpu", weights_only=False)
+    hooks = ckpt["trainer"]["hooks"]
+    (state,) = hooks["DynamicRCNNHook"]["stages"]
+    thresholds, betas = in_force(full, "iou_threshold"), in_force(full, "beta")
+    stats = [(in_force(full, "iou_stat")[i], in_force(full, "error_stat")[i]) for i in range(4, 8)]
+    hooks["DynamicRCNNHook"] = dict(state, iou_threshold=thresholds[7], beta=betas[7], window=stats)
+    resumed_dir = tmp_path / "old"
+    os.makedirs(resumed_dir)
+    torch.save(ckpt, resumed_dir / "model_0000007.pth")
+    (resumed_dir / "last_checkpoint").write_text("model_0000007.pth")
+    with logged_warnings("detectron2.dynamic_rcnn.hook", logging.INFO) as lines:
+        resumed = train(str(resumed_dir), 10, True)
+    assert any("single-head format of dynamic_rcnn 0.2" in line for line in lines)
+    for key in ("iou_threshold", "beta"):
+        assert in_force(resumed, key)[8] == pytest.approx(in_force(full, key)[8]), key
 
 
 def test_update_lines_reach_a_log_set_up_for_detectron2_only(tmp_path):
@@ -248,35 +269,17 @@ def test_console_line_shows_threshold_and_beta(tmp_path, caplog):
     assert lines and all(" iou_thr: " in line and " beta: " in line for line in lines)
 
 
-def test_hook_after_the_checkpointer_warns(tmp_path, caplog):
-    import logging
+def test_a_model_with_two_dynamic_heads_is_refused():
+    from torch import nn
 
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.engine import SimpleTrainer, hooks
+    from dynamic_rcnn import find_trackers
+
+    heads = nn.ModuleList([build_model_head(), build_model_head()])
+    with pytest.raises(ValueError, match="The model has 2 Dynamic R-CNN heads; DynamicRCNNHook drives one"):
+        find_trackers(heads)
+
+
+def build_model_head():
     from detectron2.modeling import build_model
-    from detectron2.solver import build_optimizer
 
-    cfg = tiny_cfg(*OPTS)
-    model = build_model(cfg)
-    trainer = SimpleTrainer(model, Trainer.build_train_loader(cfg), build_optimizer(cfg, model))
-    checkpointer = DetectionCheckpointer(model, str(tmp_path), trainer=trainer)
-    trainer.register_hooks([hooks.PeriodicCheckpointer(checkpointer, 100), DynamicRCNNHook()])
-    with caplog.at_level(logging.WARNING, logger="dynamic_rcnn"):
-        trainer.train(0, 1)
-    assert "registered after PeriodicCheckpointer" in caplog.text
-
-
-def test_a_threshold_that_leaves_no_proposal_as_foreground_is_said_once(tmp_path):
-    """WARMUP_IOU 0.999: the box head trains on the appended ground truth alone; said after 3 periods."""
-    with logged_warnings() as messages:
-        trainer = train(str(tmp_path), 9, False, "MODEL.DYNAMIC_RCNN.WARMUP_IOU", 0.999,
-                        "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 2)
-    warnings = [m for m in messages if "at or above it" in m]
-    assert len(warnings) == 1, warnings
-    assert warnings[0].startswith("Dynamic R-CNN: for 3 update periods (up to iteration 5) the IoU threshold, now "
-                                  "0.9990, left 0.00 RPN proposals an image at or above it (dynamic_rcnn/proposal_fg)")
-    assert "Lower MODEL.DYNAMIC_RCNN.WARMUP_IOU, the threshold's floor (0.9990)" in warnings[0]
-    assert all(v == 0 for v, _ in trainer.storage.history("dynamic_rcnn/proposal_fg").values())
-    with logged_warnings() as messages:
-        train(str(tmp_path / "low"), 9, False, "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", 2)  # WARMUP_IOU 0.05
-    assert not any("at or above it" in m for m in messages)
+    return build_model(tiny_cfg()).roi_heads

@@ -42,7 +42,7 @@ def test_lazy_configs_build_the_papers_model(config, mask_on):
     heads = model.roi_heads
     assert type(heads).__name__ == "DynamicROIHeads" and heads.mask_on == mask_on
     t = heads.tracker
-    assert (t.iou_topk, t.error_topk, t.update_period, t.warmup_iou, t.warmup_beta) == (75, 10, 100, 0.4, 1.0)
+    assert (t.iou_topk, t.beta_topk, t.update_period, t.warmup_iou, t.warmup_beta) == (75, 10, 100, 0.4, 1.0)
     assert heads.proposal_matcher.thresholds[1] == 0.4 and heads.box_predictor.smooth_l1_beta == 1.0
     assert model.proposal_generator.nms_thresh == 0.85
     assert cfg.dataloader.train.mapper.use_instance_mask == mask_on
@@ -95,7 +95,7 @@ def test_lazy_dynamic_cascades_are_their_stock_cascade_with_one_tracker_a_stage(
     heads, stock_heads = instantiate(cfg.model).roi_heads, instantiate(stock.model).roi_heads
     assert (type(heads).__name__, type(stock_heads).__name__) == ("DynamicCascadeROIHeads", "CascadeROIHeads")
     assert heads.mask_on == stock_heads.mask_on == mask_on and cfg.train.max_iter == stock.train.max_iter == schedule
-    assert [(t.iou_topk, t.warmup_iou, t.warmup_beta, t.error_topk) for t in heads.trackers] == [
+    assert [(t.iou_topk, t.warmup_iou, t.warmup_beta, t.beta_topk) for t in heads.trackers] == [
         (150, 0.5, 1.0, 10), (150, 0.6, 1.0, 10), (150, 0.7, 1.0, 10)]
     assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7]
 
@@ -127,7 +127,7 @@ def _lazy(*overrides):
 
 
 def _one_line_exit(lazy, args):
-    from dynamic_rcnn.cli import launch_checked
+    from dynamic_rcnn.engine.launch import launch_checked
 
     with pytest.raises(SystemExit) as e:
         launch_checked(lazy.main, args, lazy.checked_config)
@@ -140,8 +140,8 @@ def test_lazy_amp_without_a_gpu_and_an_output_dir_in_the_way_are_refused_at_star
     unseen = "" if torch.cuda.is_available() else " (no GPU is visible)"
     lazy, args = _lazy("train.amp.enabled=True", f"train.output_dir={tmp_path / 'out'}")
     assert _one_line_exit(lazy, args) == (
-        f"error: train.amp.enabled is True, but train.device is cpu{unseen}: detectron2's AMPTrainer (mixed "
-        "precision) trains on a GPU only. Set train.amp.enabled=False to train on the CPU")
+        f"error: train.amp.enabled is True, but the model is on cpu{unseen}: detectron2's AMPTrainer (mixed "
+        "precision) trains on a GPU only. Set train.amp.enabled False to train on the CPU")
     (tmp_path / "a_file").write_text("")
     lazy, args = _lazy(f"train.output_dir={tmp_path / 'a_file' / 'out'}")
     assert _one_line_exit(lazy, args) == (
@@ -156,7 +156,7 @@ def test_lazy_train_net_saves_checkpoints_whole_or_not_at_all(tmp_path, monkeypa
 
     import torch
 
-    from dynamic_rcnn.checkpoint import CheckpointError
+    from dynamic_rcnn.engine.checkpoint import CheckpointError
 
     save = torch.save
 
@@ -167,7 +167,7 @@ def test_lazy_train_net_saves_checkpoints_whole_or_not_at_all(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     lazy, args = _lazy("train.max_iter=1", f"train.output_dir={tmp_path}")
-    cfg, _ = lazy.checked_config(args)
+    cfg = lazy.checked_config(args)
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointError, match=rf"^Cannot save {tmp_path / 'model_final.pth'}: \[Errno 28\] No space"):
         lazy.do_train(args, cfg)

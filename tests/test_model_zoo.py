@@ -143,7 +143,7 @@ def _zoo_warnings():
     records = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
-    logging.getLogger("dynamic_rcnn").addHandler(handler)
+    logging.getLogger("detectron2.dynamic_rcnn").addHandler(handler)
     return records, handler
 
 
@@ -157,7 +157,7 @@ def test_get_untrained_loads_the_configs_weights_in_training_mode_as_detectron2(
     (zoo / "configs").mkdir(parents=True)
     cfg.MODEL.WEIGHTS = str(tmp_path / "init.pth")
     (zoo / "configs" / "tiny.yaml").write_text(cfg.dump())
-    monkeypatch.setattr(model_zoo, "_PACKAGE_DIR", str(zoo))
+    monkeypatch.setattr(model_zoo.model_zoo, "_PACKAGE_DIR", str(zoo))
 
     model = model_zoo.get("tiny", trained=False, device="cpu")
     assert model.training  # detectron2.model_zoo.get: "Will be in training mode"
@@ -173,7 +173,7 @@ def test_configs_are_read_inside_the_package_first_else_from_the_checkout(tmp_pa
     (package / "releases").mkdir()
     (package / "configs" / "shapes" / "only_installed.yaml").write_text(open(checkout).read())
     (package / "releases" / "only_installed.metrics.json").write_text("{}")
-    monkeypatch.setattr(model_zoo, "_PACKAGE_DIR", str(package))
+    monkeypatch.setattr(model_zoo.model_zoo, "_PACKAGE_DIR", str(package))
     monkeypatch.delenv("DYNAMIC_RCNN_RELEASES", raising=False)
     installed = package / "configs" / "shapes" / "only_installed.yaml"
     assert model_zoo.get_config_file("shapes/only_installed") == str(installed)
@@ -207,7 +207,7 @@ def test_the_cpu_fallback_warns_for_every_config_the_zoo_loads(run_dir, tmp_path
         assert lazy.train.device == "cpu"
         assert any("train.device=cuda" in r.getMessage() for r in records), records
     finally:
-        logging.getLogger("dynamic_rcnn").removeHandler(handler)
+        logging.getLogger("detectron2.dynamic_rcnn").removeHandler(handler)
 
 
 def test_lazy_configs_are_served_as_detectron2_serves_its_own(tmp_path, monkeypatch):
@@ -238,7 +238,7 @@ def test_lazy_configs_are_served_as_detectron2_serves_its_own(tmp_path, monkeypa
         "model = L(build_model)(cfg=_cfg)\n"
         f"train = dict(device='cpu', init_checkpoint={str(tmp_path / 'init.pth')!r})\n"
     )
-    monkeypatch.setattr(model_zoo, "_PACKAGE_DIR", str(zoo))
+    monkeypatch.setattr(model_zoo.model_zoo, "_PACKAGE_DIR", str(zoo))
     model = model_zoo.get("tiny.py")
     assert model.training
     for k, v in initial.state_dict().items():

@@ -1,7 +1,7 @@
 import json
 
 
-from dynamic_rcnn.plot import main, plot_dynamics, read_metrics, read_update_period, update_steps
+from dynamic_rcnn.tools.plot import main, plot_dynamics, read_metrics, read_update_period, update_steps
 
 
 def write_metrics(path, rows):

@@ -53,7 +53,7 @@ COMMANDS = {
     "--train-images images/ --test-json val.json --test-images images/ OUTPUT_DIR output/mine": STARTS,
     "python demo.py --config-file configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml --input some.jpg a/folder/ "
     "--output drawn/ --confidence-threshold 0.5 MODEL.WEIGHTS output/shapes_dynamic_rcnn_R_18_FPN/model_final.pth": "ok",
-    "python -m dynamic_rcnn.plot output/shapes_dynamic_rcnn_R_18_FPN": "ok",
+    "python -m dynamic_rcnn.tools.plot output/shapes_dynamic_rcnn_R_18_FPN": "ok",
     "python tools/publish_model.py output/shapes_dynamic_rcnn_R_18_FPN --name my_shapes_model --out my_releases "
     "--verify": "ok",
 }
@@ -121,7 +121,7 @@ def sandbox(tmp_path_factory):
         if name.endswith(".json"):
             shutil.copy(os.path.join(ROOT, "releases", name), box / "releases")
     # A finished shapes run (random weights): what publish_model, demo.py and the plot read.
-    from dynamic_rcnn.config import load_config
+    from dynamic_rcnn.engine import load_config
 
     cfg = load_config(os.path.join(ROOT, "configs", "shapes", "dynamic_rcnn_R_18_FPN_shapes.yaml"))
     run = box / RUN_DIR

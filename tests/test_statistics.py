@@ -60,11 +60,11 @@ def test_error_statistic_is_kth_smallest_over_the_batch():
 
 def test_proposal_statistics_on_hand_made_boxes():
     no_gt = Boxes(torch.zeros(0, 4))
-    iou, err = proposal_statistics([IMAGE1, IMAGE2, IMAGE1], [GT, GT, no_gt], T, iou_topk=2, error_topk=1)
+    iou, err = proposal_statistics([IMAGE1, IMAGE2, IMAGE1], [GT, GT, no_gt], T, iou_topk=2, beta_topk=1)
     # The image without ground truth contributes nothing: mean of 0.5 and 0.25; k = 1 x 2.
     assert iou.item() == pytest.approx((0.5 + 0.25) / 2)
     assert err.item() == pytest.approx(2.5)
-    iou, err = proposal_statistics([IMAGE1, IMAGE2], [GT, GT], T, iou_topk=75, error_topk=10)
+    iou, err = proposal_statistics([IMAGE1, IMAGE2], [GT, GT], T, iou_topk=75, beta_topk=10)
     assert iou.item() == pytest.approx((0.0 + 0.25) / 2)  # fewer proposals than K_I: the smallest
     assert err.item() == pytest.approx(20.0)
 
@@ -72,7 +72,7 @@ def test_proposal_statistics_on_hand_made_boxes():
 def test_proposal_statistics_best_matching_ground_truth():
     gts = Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]))
     props = Boxes(torch.tensor([[21.0, 20, 31, 30]]))  # matches the second box: IoU 9/11, dx = 10 * -1 / 10
-    iou, err = proposal_statistics([props], [gts], T, iou_topk=1, error_topk=1)
+    iou, err = proposal_statistics([props], [gts], T, iou_topk=1, beta_topk=1)
     assert iou.item() == pytest.approx(90 / 110)
     assert err.item() == pytest.approx(0.5)
 

@@ -15,16 +15,13 @@ def run_train_net(*args, timeout=600):
 
 
 @pytest.mark.slow
-def test_short_training_updates_threshold_and_beta_by_the_rule(tmp_path):
+def test_short_training_updates_threshold_and_beta_by_the_rule(tmp_path, monkeypatch):
     """
-    Every update of a real run follows the rule: before iteration k*C the IoU threshold becomes
-    max(WARMUP_IOU, mean of the window's IoU statistics) and beta min(WARMUP_BETA, median of its
-    error statistics), and the values in force are what metrics.json and the log's update lines
-    report. The rule is checked, not one trajectory's values: those depend on the data order,
+    Every update of a real train_net.py run follows the rule: after iteration k*C - 1 the IoU threshold becomes
+    max(WARMUP_IOU, mean of the window's IoU statistics) and beta min(WARMUP_BETA, median of its error
+    statistics), in force from iteration k*C; the values in force are what metrics.json, the log's update lines
+    and the checkpoints report. The rule is checked, not one trajectory's values: those depend on the data order,
     which differs between detectron2 versions (newer ones seed the training sampler with SEED).
-
-    The windows come from the checkpoints written after iterations k*C - 1 (CHECKPOINT_PERIOD = C):
-    by DynamicRCNNHook's contract such a checkpoint holds the whole window of the next update.
     """
     import re
     import statistics
@@ -32,38 +29,38 @@ def test_short_training_updates_threshold_and_beta_by_the_rule(tmp_path):
     import torch
 
     from dynamic_rcnn.statistics import BETA_COLLAPSE_GUARD
+    from dynamic_rcnn.tracker import DynamicTracker
 
+    updates, update = [], DynamicTracker.update
+
+    def spy(tracker):  # the window and the values each update starts from, and what it made of them
+        before = (tracker.iou_threshold, tracker.beta, tracker.window)
+        n = update(tracker)
+        updates.append((before, (tracker.iou_threshold, tracker.beta), n))
+        return n
+
+    monkeypatch.setattr(DynamicTracker, "update", spy)
     out = str(tmp_path)
     period, max_iter, warmup_iou, warmup_beta = 5, 30, 0.4, 1.0
-    proc = run_train_net(
-        "--config-file", "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml",
-        *TINY_OPTS,
-        "SOLVER.MAX_ITER", max_iter, "SOLVER.BASE_LR", 0.02, "SOLVER.CHECKPOINT_PERIOD", period,
+    train_net, args = _in_process(
+        "SOLVER.MAX_ITER", max_iter, "SOLVER.BASE_LR", 0.02, "SOLVER.CHECKPOINT_PERIOD", 10,
         "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", period, "MODEL.DYNAMIC_RCNN.IOU_TOPK", 10,
-        "MODEL.DYNAMIC_RCNN.WARMUP_IOU", warmup_iou, "MODEL.DYNAMIC_RCNN.WARMUP_BETA", warmup_beta,
-        "OUTPUT_DIR", out,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        "MODEL.DYNAMIC_RCNN.WARMUP_IOU", warmup_iou, "MODEL.DYNAMIC_RCNN.WARMUP_BETA", warmup_beta, "OUTPUT_DIR", out)
+    train_net.main(args)
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
-    # Tracker state after iterations C-1, 2C-1, ...: the values in force and the window.
-    ends = list(range(period - 1, max_iter, period))
-    state = {}
-    for it in ends:
-        path = os.path.join(out, f"model_{it:07d}.pth")
-        state[it] = torch.load(path, map_location="cpu", weights_only=False)["trainer"]["hooks"]["DynamicRCNNHook"]
-        os.remove(path)  # 45 MB each
-    assert (state[ends[0]]["iou_threshold"], state[ends[0]]["beta"]) == (warmup_iou, warmup_beta)
-    for it in ends:
-        # Every shapes image has objects, so every iteration of the window recorded statistics.
-        assert len(state[it]["window"]) == period, (it, state[it])
-    for before, after in zip(ends, ends[1:]):
-        ious = [v[0] for v in state[before]["window"]]
-        errors = [v[1] for v in state[before]["window"]]
-        median = statistics.median(errors)
-        beta = state[before]["beta"] if median < BETA_COLLAPSE_GUARD else min(warmup_beta, median)
-        assert state[after]["iou_threshold"] == pytest.approx(max(warmup_iou, statistics.fmean(ious)), abs=1e-9)
-        assert state[after]["beta"] == pytest.approx(beta, abs=1e-9)
+    # One update after each window (iterations 4, 9, ..., 29), each from the C statistics of its window
+    # (every shapes image has objects), each starting from the values the one before made.
+    assert len(updates) == max_iter // period
+    assert updates[0][0][:2] == (warmup_iou, warmup_beta)
+    in_force = [(warmup_iou, warmup_beta)]
+    for (t, beta, window), after, n in updates:
+        assert (t, beta) == in_force[-1] and n == len(window) == period
+        median = statistics.median(e for _, e in window)
+        rule = (max(warmup_iou, statistics.fmean(i for i, _ in window)),
+                beta if median < BETA_COLLAPSE_GUARD else min(warmup_beta, median))
+        assert after == pytest.approx(rule, abs=1e-12)
+        in_force.append(after)
 
     # metrics.json: at every logged iteration, the values in force and that iteration's statistics.
     with open(os.path.join(out, "metrics.json")) as f:
@@ -73,23 +70,25 @@ def test_short_training_updates_threshold_and_beta_by_the_rule(tmp_path):
     assert rows and all(k in r for r in rows for k in keys)
     for row in rows:
         it = row["iteration"]
-        end = it - it % period + period - 1  # the last iteration of its window
-        assert row[keys[2]] == pytest.approx(state[end]["iou_threshold"], abs=1e-9), it
-        assert row[keys[3]] == pytest.approx(state[end]["beta"], abs=1e-9), it
-        if it == end:  # its own statistics are the window's last
-            assert [row[keys[0]], row[keys[1]]] == pytest.approx(state[end]["window"][-1], abs=1e-6), it
+        assert (row[keys[2]], row[keys[3]]) == pytest.approx(in_force[it // period], abs=1e-9), it
+        if it % period == period - 1:  # the last statistics of the window of update it // period
+            assert [row[keys[0]], row[keys[1]]] == pytest.approx(updates[it // period][0][2][-1], abs=1e-6), it
+
+    # The checkpoints after iterations 9, 19 and the final one: the values made after them, an empty window.
+    for name, k in (("model_0000009.pth", 2), ("model_0000019.pth", 4), ("model_final.pth", 6)):
+        (state,) = torch.load(os.path.join(out, name), map_location="cpu",
+                              weights_only=False)["trainer"]["hooks"]["DynamicRCNNHook"]["stages"]
+        assert (state["iou_threshold"], state["beta"], state["window"]) == (*in_force[k], []), name
 
     # The log: one update line per window, from the value in force to the next one (4 decimals).
     with open(os.path.join(out, "log.txt")) as f:
-        updates = re.findall(
+        lines = re.findall(
             r"update at iteration (\d+) .*?IoU threshold ([0-9.]+) -> ([0-9.]+), beta ([0-9.]+) -> ([0-9.]+)", f.read()
         )
-    assert [int(u[0]) for u in updates] == list(range(period, max_iter, period))
-    for (_, iou_from, iou_to, beta_from, beta_to), before, after in zip(updates, ends, ends[1:]):
-        assert float(iou_from) == pytest.approx(state[before]["iou_threshold"], abs=1e-4)
-        assert float(iou_to) == pytest.approx(state[after]["iou_threshold"], abs=1e-4)
-        assert float(beta_from) == pytest.approx(state[before]["beta"], abs=1e-4)
-        assert float(beta_to) == pytest.approx(state[after]["beta"], abs=1e-4)
+    assert [int(u[0]) for u in lines] == list(range(period, max_iter + 1, period))
+    for (_, t0, t1, b0, b1), before, after in zip(lines, in_force, in_force[1:]):
+        assert [float(v) for v in (t0, t1, b0, b1)] == pytest.approx([before[0], after[0], before[1], after[1]],
+                                                                     abs=1e-4)
 
 
 def test_bad_config_value_fails_at_start_up(tmp_path):
@@ -173,7 +172,7 @@ def _in_process(*overrides, options=()):
 
 def _one_line_exit(train_net, args):
     """What launch_checked exits with: its one ``error: ...`` line."""
-    from dynamic_rcnn.cli import launch_checked
+    from dynamic_rcnn.engine.launch import launch_checked
 
     with pytest.raises(SystemExit) as e:
         launch_checked(train_net.main, args, train_net.checked_config)
@@ -252,7 +251,7 @@ def test_amp_without_a_gpu_is_refused_at_start_up(tmp_path):
 
 
 def test_an_output_dir_that_cannot_be_made_is_refused_before_launch(tmp_path, monkeypatch):
-    from dynamic_rcnn.cli import check_output_dir
+    from dynamic_rcnn.engine.launch import check_output_dir
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -284,7 +283,7 @@ def test_folders_with_spaces_and_accents_train_and_their_faults_still_answer_in_
     out = base / "sortie 1"
     train_net, args = _in_process("SOLVER.MAX_ITER", 2, "OUTPUT_DIR", out,
                                   options=["--train-json", json_file, "--train-images", images])
-    from dynamic_rcnn.cli import launch_checked
+    from dynamic_rcnn.engine.launch import launch_checked
 
     launch_checked(train_net.main, args, train_net.checked_config)
     assert (out / "model_final.pth").is_file() and (out / "metrics.json").is_file()

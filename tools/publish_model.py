@@ -153,12 +153,10 @@ def verify(name: str, out_dir: str, tolerance: float) -> list:
     """Evaluate the release ``name`` loaded from ``out_dir``; the (dataset, metric, published, measured) that differ."""
     from detectron2.utils.logger import setup_logger
 
-    from dynamic_rcnn import model_zoo
-    from dynamic_rcnn.data import register_builtin
-    from dynamic_rcnn.trainer import Trainer
+    from dynamic_rcnn import model_zoo  # registers the built-in datasets
+    from dynamic_rcnn.engine import Trainer
 
-    setup_logger(name="dynamic_rcnn")
-    register_builtin()
+    setup_logger()
     os.environ["DYNAMIC_RCNN_RELEASES"] = out_dir
     cfg = model_zoo.get_config(name, trained=True)
     cfg.defrost()

@@ -48,18 +48,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from detectron2.engine import default_argument_parser, default_setup
-    from detectron2.utils.logger import setup_logger
 
-    from dynamic_rcnn import Trainer
-    from dynamic_rcnn.config import load_config
+    import dynamic_rcnn.data  # noqa: F401  (registers the built-in datasets)
+    from dynamic_rcnn.engine import Trainer, load_config
     from dynamic_rcnn.evaluation import format_ap_table
-    from dynamic_rcnn.plot import plot_dynamics, plot_losses, read_metrics
+    from dynamic_rcnn.tools.plot import plot_dynamics, plot_losses, read_metrics
 
     start = time.time()
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, default_argument_parser().parse_args(["--config-file", args.config_file]))
-    setup_logger(cfg.OUTPUT_DIR, name="dynamic_rcnn")
     out = os.path.abspath(cfg.OUTPUT_DIR)
 
     trainer = Trainer(cfg)

@@ -14,7 +14,7 @@ def make_dynamic(model, proposals_per_image=2000, update_period=100):
     topk = [round(0.075 * proposals_per_image)] * len(ious)
     model.roi_heads._target_ = DynamicCascadeROIHeads
     model.roi_heads.trackers = [
-        L(DynamicTracker)(iou_topk=k, error_topk=10, update_period=update_period, warmup_iou=iou, warmup_beta=1.0,
+        L(DynamicTracker)(iou_topk=k, beta_topk=10, update_period=update_period, warmup_iou=iou, warmup_beta=1.0,
                           enable_dla=True, enable_dsl=True, stats_include_gt=True)
         for k, iou in zip(topk, ious)
     ]

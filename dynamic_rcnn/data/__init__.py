@@ -1,5 +1,5 @@
 """
-Datasets: built-in ones registered in detectron2's catalogs when ``dynamic_rcnn`` is imported,
+Datasets: built-in ones registered in detectron2's catalogs when this module is imported,
 and functions that register your own VOC-layout folders and COCO json files.
 """
 import contextlib
@@ -211,3 +211,6 @@ def check_datasets(names, key: str) -> None:
                     f"built-in datasets under $DETECTRON2_DATASETS (now {where!r}, relative to the current "
                     f"folder){ours}: put the data there in detectron2's layout, or set the variable."
                 )
+
+
+register_builtin()  # as detectron2 registers its own datasets when detectron2.data is imported

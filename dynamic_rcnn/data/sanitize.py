@@ -11,7 +11,7 @@ from PIL import Image
 
 __all__ = ["sanitize_dataset_dicts", "image_file_size", "DropLog", "loaded_summary"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
 _EXIF_ORIENTATION = 274  # the tag detectron2's read_image honours
 _EXAMPLES = 3  # example files named per kind in the summary line

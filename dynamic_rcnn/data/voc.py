@@ -11,7 +11,7 @@ from .sanitize import DropLog, sanitize_dataset_dicts
 
 __all__ = ["load_voc_instances", "register_voc", "BCCD_CLASSES"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
 BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
 # Extensions looked for under JPEGImages/<id> when <id>.jpg is not there (any case).

@@ -28,14 +28,16 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.utils.file_io import PathManager
 
-from .config import add_dynamic_rcnn_config, load_config, merge_checked
-from .deform_conv import build_model
+from .. import data  # noqa: F401  (registers the built-in datasets the zoo's configs train and test on)
+from ..config import add_dynamic_rcnn_config
+from ..engine.defaults import device_or_cpu, load_config, merge_checked
+from ..modeling import build_model
 
 __all__ = ["get_config_file", "get_config", "get_checkpoint_file", "get", "sha256_of", "ChecksumError"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROJECT_ROOT = os.path.dirname(_PACKAGE_DIR)
 _NAME = re.compile(r"^(?P<name>.+)_(?P<hash>[0-9a-f]{8})\.pth$")
 
@@ -196,21 +198,12 @@ def _verified(path: str) -> str:
 
 
 def _cpu_if_no_gpu(cfg, source: str):
-    """
-    The device of a config (``MODEL.DEVICE``, or a LazyConfig's ``train.device``) falls back to
-    cpu, with a warning, when it names CUDA and no GPU is visible (as load_config does for config
-    files): a config from the zoo must load on any machine.
-    """
+    """A CUDA device of the config (``MODEL.DEVICE``, a LazyConfig's ``train.device``) becomes ``cpu``, with a
+    warning, when no GPU is visible: a config from the zoo loads on any machine."""
     if isinstance(cfg, CfgNode):
-        node, attr, key = cfg.MODEL, "DEVICE", "MODEL.DEVICE"
+        cfg.MODEL.DEVICE = device_or_cpu(cfg.MODEL.DEVICE, "MODEL.DEVICE", f" in {source}")
     elif "train" in cfg and "device" in cfg.train:
-        node, attr, key = cfg.train, "device", "train.device"
-    else:
-        return cfg
-    device = str(getattr(node, attr))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("%s=%s in %s but no GPU is visible: using the CPU.", key, device, source)
-        setattr(node, attr, "cpu")
+        cfg.train.device = device_or_cpu(cfg.train.device, "train.device", f" in {source}")
     return cfg
 
 

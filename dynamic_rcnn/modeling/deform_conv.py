@@ -29,7 +29,7 @@ from torchvision.ops import deform_conv2d
 
 __all__ = ["DeformConv", "ModulatedDeformConv", "build_model", "deformable_fallback", "missing_deformable_ops"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
 
 class _DeformConvBase(nn.Module):

@@ -1,7 +1,7 @@
 """
 Draw a run's Dynamic R-CNN dynamics and losses from its ``metrics.json``::
 
-    python -m dynamic_rcnn.plot OUTPUT_DIR [--out DIR]
+    python -m dynamic_rcnn.tools.plot OUTPUT_DIR [--out DIR]
 
 writes ``dynamics.png`` (IoU threshold and beta against iteration, with the statistics behind
 them: the paper's Fig. 5 in spirit) and ``losses.png``. Works for any run whose hooks wrote

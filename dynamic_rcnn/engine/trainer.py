@@ -12,18 +12,17 @@ from detectron2.engine.defaults import create_ddp_model as _d2_create_ddp_model
 from detectron2.evaluation import verify_results
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter
+from detectron2.utils.events import CommonMetricPrinter, get_event_storage
 
+from ..data import FileNamingMapper, explain_no_training_data
+from ..evaluation import HighIoUCOCOEvaluator, format_ap_table
+from ..hook import add_dynamic_rcnn_hook, find_trackers
+from ..modeling import build_model
 from .checkpoint import AtomicCheckpointer, load_checkpoint
-from .config import validate_dynamic_rcnn_config
-from .data import FileNamingMapper, explain_no_training_data
-from .deform_conv import build_model
-from .evaluation import HighIoUCOCOEvaluator, format_ap_table
-from .hook import DynamicRCNNHook, DynamicRCNNMetricPrinter, find_trackers, hook_position
 
-__all__ = ["Trainer", "create_ddp_model"]
+__all__ = ["DynamicRCNNMetricPrinter", "Trainer", "create_ddp_model"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
 
 def create_ddp_model(model, **kwargs):
@@ -52,7 +51,6 @@ class Trainer(DefaultTrainer):
     """
     ``DefaultTrainer`` that
 
-    - checks the Dynamic R-CNN keys at start-up (a bad value fails here, not at iteration 5000);
     - registers :class:`DynamicRCNNHook` when the model has ``DynamicROIHeads`` (a baseline
       config with ``StandardROIHeads`` trains as plain detectron2);
     - evaluates with detectron2's ``COCOEvaluator`` plus AP60-AP90 (any registered dataset);
@@ -60,9 +58,12 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        validate_dynamic_rcnn_config(cfg)
         with _defaults_use(create_ddp_model):
             super().__init__(cfg)
+        if find_trackers(self.model):
+            add_dynamic_rcnn_hook(self)  # before the checkpointer, the writers and the evaluation
+        else:
+            logger.info("MODEL.ROI_HEADS.NAME = %s: no Dynamic R-CNN (a baseline run).", cfg.MODEL.ROI_HEADS.NAME)
 
     @classmethod
     def build_model(cls, cfg):
@@ -76,14 +77,7 @@ class Trainer(DefaultTrainer):
         # saving atomically, for the hooks built here (PeriodicCheckpointer) and for resume.
         c = self.checkpointer
         self.checkpointer = AtomicCheckpointer(c.model, c.save_dir, save_to_disk=c.save_to_disk, **c.checkpointables)
-        ret = super().build_hooks()
-        if find_trackers(self.model):
-            # Before the checkpointer, so that a checkpoint holds the statistics of the iteration
-            # it is written at, and before the writers, so that they write them in its row.
-            ret.insert(hook_position(ret), DynamicRCNNHook())
-        else:
-            logger.info("MODEL.ROI_HEADS.NAME = %s: no Dynamic R-CNN (a baseline run).", self.cfg.MODEL.ROI_HEADS.NAME)
-        return ret
+        return super().build_hooks()
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -160,3 +154,34 @@ class Trainer(DefaultTrainer):
             verify_results(cfg, res)
             logger.info("Evaluation of %s:\n%s", cfg.MODEL.WEIGHTS, format_ap_table(res))
         return res
+
+
+class DynamicRCNNMetricPrinter(CommonMetricPrinter):
+    """
+    detectron2's ``CommonMetricPrinter`` (the console line every 20 iterations) with the IoU threshold and beta
+    in force at its end, when the run writes them (``a/b/c`` for a cascade's stages).
+    """
+
+    def write(self):
+        histories = get_event_storage().histories()
+        extra = ""
+        for name, label in (("iou_threshold", "iou_thr"), ("beta", "beta")):
+            keys = sorted(k for k in histories if k == f"dynamic_rcnn/{name}" or k.endswith(f"/dynamic_rcnn/{name}"))
+            if keys:
+                extra += f"  {label}: " + "/".join(f"{histories[k].latest():.4g}" for k in keys)
+        printer_logger = self.logger
+        self.logger = _Suffixed(printer_logger, extra)
+        try:
+            super().write()
+        finally:
+            self.logger = printer_logger
+
+
+class _Suffixed:
+    """A logger whose ``info`` appends a fixed text to the message."""
+
+    def __init__(self, target: logging.Logger, suffix: str):
+        self._target, self._suffix = target, suffix
+
+    def info(self, msg, *args, **kwargs):
+        self._target.info(msg + self._suffix, *args, **kwargs)

@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 __all__ = ["HighIoUCOCOEvaluator", "AP_COLUMNS", "format_ap_table"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
 # High-IoU AP is where Dynamic R-CNN is meant to win: AP at each of these IoU thresholds.
 HIGH_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)

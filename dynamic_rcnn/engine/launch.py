@@ -10,13 +10,13 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
+from ..config import ConfigError
+from ..data import DatasetError
 from .checkpoint import CheckpointError
-from .config import ConfigError
-from .data import DatasetError
 
 __all__ = ["check_overrides", "check_output_dir", "launch_checked"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
 
 def check_overrides(parser, args):

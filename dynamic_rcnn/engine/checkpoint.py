@@ -33,7 +33,7 @@ __all__ = [
     "load_model_weights",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)
 
 LAST_CHECKPOINT = "last_checkpoint"  # the tag file fvcore's Checkpointer keeps in OUTPUT_DIR
 MAX_LISTED = 10  # names listed in an error; the rest are counted
@@ -159,17 +159,19 @@ def checkpoint_to_load(checkpointer: DetectionCheckpointer, weights: str, resume
     )
 
 
-def _shapes_differing(model, path: str):
-    """
-    The parameters of the checkpoint ``path`` whose shape differs from ``model``'s, as ``_shape``
-    lists them, read without loading the tensors (mmap); [] when the file cannot be read so (its
-    loading then says what is wrong with it).
-    """
+def _peek(path: str) -> dict:
+    """The checkpoint ``path`` read without loading its tensors (mmap); {} when it cannot be read so (its loading
+    then says what is wrong with it)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception:
-        return []
-    weights = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+        return {}
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def _shapes_differing(model, checkpoint: dict):
+    """The parameters of ``checkpoint`` whose shape differs from ``model``'s, as ``_shape`` lists them."""
+    weights = checkpoint.get("model")
     ours = model.state_dict()
     return [
         _shape(k, v.shape, ours[k].shape)
@@ -199,7 +201,8 @@ def load_checkpoint(checkpointer: DetectionCheckpointer, weights: str, resume: b
                            "used: the run goes on from %s. Delete it to free the space",
                            os.path.join(checkpointer.save_dir, name), goes_on)
     if resuming:
-        shapes = _shapes_differing(checkpointer.model, path)
+        checkpoint = _peek(path)
+        shapes = _shapes_differing(checkpointer.model, checkpoint)
         if shapes:
             raise CheckpointError(
                 path,
@@ -208,6 +211,11 @@ def load_checkpoint(checkpointer: DetectionCheckpointer, weights: str, resume: b
                 f"it was trained with, or start in another OUTPUT_DIR (MODEL.WEIGHTS {path} fine-tunes from it)",
                 prefix="Cannot resume from",
             )
+        trainer = checkpointer.checkpointables.get("trainer")
+        if any(type(h).__name__ == "DynamicRCNNHook" for h in getattr(trainer, "_hooks", ())) and checkpoint and \
+                "DynamicRCNNHook" not in checkpoint.get("trainer", {}).get("hooks", {}):
+            logger.warning("%s has no Dynamic R-CNN state (a baseline run, or one without the hook): Dynamic R-CNN "
+                           "starts from the warm-up values at iteration %s.", path, checkpoint.get("iteration", -1) + 1)
     try:
         return checkpointer.resume_or_load(weights, resume=resume)
     except Exception as e:
