@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 from .coco import load_coco_instances, read_coco_json, register_coco
+from .prepared import PREPARED, prepared_root, register_prepared
 from .sanitize import DropLog, image_file_size, loaded_summary, sanitize_dataset_dicts
 from .shapes import SHAPES_CLASSES, generate_shapes_image, load_shapes, register_shapes
 from .voc import BCCD_CLASSES, load_voc_instances, register_voc
@@ -29,6 +30,8 @@ __all__ = [
     "DropLog",
     "bccd_root",
     "register_builtin",
+    "register_prepared",
+    "prepared_root",
     "register_from_args",
     "check_datasets",
     "DatasetError",
@@ -59,7 +62,9 @@ def bccd_root() -> str:
 
 
 def register_builtin() -> None:
-    """Register the ``shapes_*`` splits and the ``bccd_*`` ones from ``bccd_root()`` (those not registered yet)."""
+    """Register the ``shapes_*`` splits, the ``bccd_*`` ones from ``bccd_root()`` and the data sets that
+    ``tools/prepare_datasets.py`` made (``kangaroo_*``, ``pear640_*``, ``cells_*``), those not registered yet."""
+    register_prepared()
     registered = set(DatasetCatalog.list())
     for name, (n, seed, size) in _SHAPES_SPLITS.items():
         if name not in registered:
@@ -195,6 +200,14 @@ def check_datasets(names, key: str) -> None:
     """
     registered = DatasetCatalog.list()
     for name in names:
+        prepared = name.rsplit("_", 1)[0]
+        if name not in registered and prepared in PREPARED:
+            raise KeyError(
+                f"{key} names the dataset {name!r}, which is made by the project's preparation command and is not in "
+                f"{os.path.join(prepared_root(), prepared)}: make it with `python tools/prepare_datasets.py --out "
+                f"{prepared_root()} {prepared}=/path/to/a/clone` (BENCHMARKS.md names the repository), or set "
+                "$DYNAMIC_RCNN_DATASETS to the folder that holds it"
+            )
         if name not in registered:
             raise KeyError(
                 f"{key} names the dataset {name!r}, which is not registered. Register it (see README, *Your "
