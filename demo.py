@@ -10,7 +10,9 @@ An image is read only when its header gives at most MAX_IMAGE_PIXELS pixels (150
 a larger or unreadable one is skipped with a message and the run goes on), shrunk to the model's
 test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) when it is larger, and drawn at that size to
 OUTPUT/<name>.png. Inputs that share a name (a.jpg and a.png) are written as a_jpg.png and
-a_png.png; a file left by an earlier run is replaced with a note on the printed line.
+a_png.png; a file already there (the user's, or an earlier run's) is replaced only with --overwrite.
+The class names drawn are those the weights were trained on (saved in every checkpoint by the project's
+trainers, kept in a release), else those of the config's DATASETS.TEST[0].
 """
 import argparse
 import collections
@@ -32,7 +34,8 @@ def argument_parser():
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders of images")
     parser.add_argument("--output", required=True, help="folder for the drawn images")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="lowest score drawn, in [0, 1]")
+    parser.add_argument("--overwrite", action="store_true", help="replace files already in --output")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
 
@@ -126,24 +129,56 @@ def output_paths(files, folder):
     return paths
 
 
+def class_metadata(cfg, weights: str, trained_on):
+    """
+    The metadata to draw with, and the line that says where its class names come from (None when the two
+    sources agree): the classes the weights were trained on (``trained_on``, the checkpoint's ``thing_classes``)
+    before those of the config's ``DATASETS.TEST[0]``, which another training set (``--train-json``) does not
+    share; a checkpoint without them (an earlier version's) gets the latter, as before.
+    """
+    from detectron2.data import Metadata, MetadataCatalog
+
+    test = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    metadata = MetadataCatalog.get(test) if test else Metadata(name="none")
+    theirs = list(metadata.get("thing_classes", []))
+    named = f"DATASETS.TEST[0] {test}: {', '.join(theirs)}" if theirs else None
+    if trained_on:
+        if list(trained_on) == theirs:
+            return metadata, None
+        return Metadata(name=weights, thing_classes=list(trained_on)), (
+            f"class names from MODEL.WEIGHTS (the classes it was trained on): {', '.join(trained_on)}"
+            + (f"; not those of {named}" if named else ""))
+    return metadata, (f"note: MODEL.WEIGHTS {weights} holds no class names (a checkpoint of an earlier version, or not "
+                      "saved by the project's trainers): drawn with "
+                      + (f"those of {named}" if named else "class indices (DATASETS.TEST[0] has no class names here)"))
+
+
 def main(argv=None):
     parser = argument_parser()
     args = parser.parse_args(argv)
     from dynamic_rcnn.engine import check_overrides
 
     check_overrides(parser, args)
+    if not 0 <= args.confidence_threshold <= 1:
+        sys.exit(f"error: --confidence-threshold {args.confidence_threshold:g} is outside [0, 1]: it is the lowest "
+                 "score a detection is drawn with, between 0 and 1 (e.g. 0.5 for 50 %)")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         sys.exit(f"error: --output {args.output} is a file, not a folder: name a folder for the drawings "
                  "(it is created if missing)")
+    if len(args.opts) % 2:  # yacs would stop on a bare assert
+        sys.exit(f"error: the config overrides {' '.join(args.opts)} hold {len(args.opts)} items, an odd number: "
+                 "they are KEY VALUE pairs, so a key lacks its value (or a value with spaces its quotes)")
     import cv2
-    from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
     from dynamic_rcnn.engine import CheckpointError, load_config, load_model_weights
     from dynamic_rcnn.modeling import deformable_fallback
 
-    cfg = load_config(args.config_file, args.opts)
+    try:  # as train_net.py answers them: a missing file, a misspelled key, a bad value
+        cfg = load_config(args.config_file, args.opts)
+    except (ValueError, KeyError, OSError) as e:
+        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     weights = cfg.MODEL.WEIGHTS
     if not weights:
@@ -156,6 +191,13 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if not files:
         sys.exit(f"error: no image ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(args.input)}")
+    outputs = output_paths(files, args.output)
+    existing = [os.path.basename(p) for p in outputs.values() if os.path.lexists(p)]
+    if existing and not args.overwrite:
+        more = f" (and {len(existing) - 10} more)" if len(existing) > 10 else ""
+        sys.exit(f"error: --output {args.output} already holds {', '.join(existing[:10])}{more}, which this run "
+                 f"would draw over: give another --output folder, or add --overwrite to replace "
+                 f"{'it' if len(existing) == 1 else 'them'}")
     # DefaultPredictor's own load only logs the parameters that do not fit (weights of another
     # architecture): build it without weights and load them strictly.
     cfg.MODEL.WEIGHTS = ""
@@ -163,16 +205,17 @@ def main(argv=None):
     with deformable_fallback(cfg):
         predictor = DefaultPredictor(cfg)
     try:
-        load_model_weights(predictor.model, weights)
+        extra = load_model_weights(predictor.model, weights)
     except CheckpointError as e:  # a truncated, foreign or mismatched file: say which and why
         sys.exit(f"error: cannot load MODEL.WEIGHTS {weights}: {e.reason}")
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    metadata, said = class_metadata(cfg, weights, extra.get("thing_classes"))
+    if said:
+        print(said)
 
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:
         sys.exit(f"error: cannot create the --output folder {args.output}: {e.strerror or e}")
-    outputs = output_paths(files, args.output)
     failed = 0
     for path in files:
         image, problem = read_image(path)

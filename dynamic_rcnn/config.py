@@ -17,8 +17,11 @@ def add_dynamic_rcnn_config(cfg):
     _C = cfg.MODEL.DYNAMIC_RCNN = CN()
     _C.ENABLE_DLA = True  # Dynamic Label Assignment: the IoU threshold follows the proposals
     _C.ENABLE_DSL = True  # Dynamic SmoothL1 Loss: beta follows the regression errors
-    _C.IOU_TOPK = 75  # K_I: per image, the K_I-th largest IoU is the image's IoU statistic
-    _C.BETA_TOPK = 10  # K_E: per iteration, the (K_E x images)-th smallest error is the error statistic
+    # K_I: per image, the K_I-th largest IoU is the image's IoU statistic; K_E: per iteration, the (K_E x images)-th
+    # smallest error is the error statistic. 0: automatic, max(3 x the image's objects, 7.5 % (K_E: 1 %) of its
+    # RPN proposals): the paper's share of the proposals, at least 3 boxes an object.
+    _C.IOU_TOPK = 75
+    _C.BETA_TOPK = 10
     _C.UPDATE_PERIOD = 100  # C: iterations between two updates
     _C.WARMUP_IOU = 0.4  # the starting IoU threshold, and its floor
     _C.WARMUP_BETA = 1.0  # the starting beta, and its ceiling

@@ -79,7 +79,8 @@ class DynamicRCNNHook(HookBase):
         if start > 0 and start % period == 0 and any(t.window for t in trackers):
             self._update(start)  # a checkpoint written before its window's update (an earlier version's)
         if comm.get_world_size() > 1:  # only the main process has the checkpointer: every process learns when
-            self._saves = comm.all_gather(self._checkpoints())[0]
+            saves = [h for h in self.trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
+            self._saves = comm.all_gather((saves[0].period, end - 1) if saves and end else None)[0]
         if any(t.enabled for t in trackers) and end is not None and start < period and period >= end:
             logger.warning("Dynamic R-CNN will never update: UPDATE_PERIOD %d and training from iteration %d to %d "
                            "(SOLVER.MAX_ITER) leave no update; the warm-up values stay in force. Lower "
@@ -88,10 +89,6 @@ class DynamicRCNNHook(HookBase):
             logger.info("Dynamic R-CNN%s from iteration %d: IoU threshold %.4f, beta %.4f, %d statistics in the "
                         "window, an update every %d iterations (DLA %s, DSL %s)", t.stage, start, t.iou_threshold,
                         t.beta, len(t.window), period, "on" if t.enable_dla else "off", "on" if t.enable_dsl else "off")
-
-    def _checkpoints(self):
-        found = [h for h in self.trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
-        return (found[0].period, getattr(self.trainer, "max_iter", 0) - 1) if found else None
 
     def after_step(self):
         it, storage = self.trainer.iter, self.trainer.storage

@@ -12,7 +12,7 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from .config import check_box_loss, tracker_args
-from .statistics import box_errors, error_statistic, iou_statistic
+from .statistics import box_errors, error_statistic, iou_statistic, topk_of_image
 from .tracker import REMOVED, DynamicTracker, check_tracker_args
 
 __all__ = ["DynamicMatcher", "DynamicROIHeads", "DynamicCascadeROIHeads"]
@@ -96,7 +96,7 @@ class _DynamicStages:
             raise RuntimeError(f"DynamicMatcher was called {len(records)} times for {len(boxes)} images: the "
                                "statistics need one call an image, as detectron2's heads make them.")
         with_gt = stage == 0 and self.proposal_append_gt and t.stats_include_gt
-        ious, sources, matched, appended = [], [], [], []
+        ious, sources, matched, appended, k_iou, k_error = [], [], [], [], [], []
         for i, (b, g, r) in enumerate(zip(boxes, targets, records)):
             n = len(b)
             if r is None or len(g) == 0 or (n == 0 and not with_gt):
@@ -110,11 +110,14 @@ class _DynamicStages:
             sources.append(b)
             matched.append(g.gt_boxes.tensor[indices])
             appended.append(len(g) if with_gt else 0)
+            # K_I, K_E of the image: those set, or automatic from its objects and its RPN proposals (the paper's
+            # 75 and 10 of 1000); at every stage of a cascade, those of stage 0.
+            k_iou.append(topk_of_image(t.iou_topk, len(g), self._proposals[i], 0.075))
+            k_error.append(topk_of_image(t.beta_topk, len(g), self._proposals[i], 0.01))
         if not ious:
             return
         errors = box_errors(torch.cat(sources), torch.cat(matched), predictor.box2box_transform)
-        stats = [iou_statistic(ious, t.iou_topk),
-                 error_statistic(errors.split([len(s) for s in sources]), t.beta_topk, appended)]
+        stats = [iou_statistic(ious, k_iou), error_statistic(errors.split([len(s) for s in sources]), k_error, appended)]
         if all(s is not None for s in stats):  # None: every box was left out
             t.record(*torch.stack(stats).tolist())  # the matching has just synchronised the device: cheap
 
@@ -124,6 +127,7 @@ class _DynamicStages:
         self._apply_values()
         # Which sampled boxes are appended ground truth, for a cascade to leave their descendants out.
         self._lineage = [[]] if self.proposal_append_gt and not self.trackers[0].stats_include_gt else None
+        self._proposals = [len(p) for p in proposals]
         with self._recording(0, [p.proposal_boxes.tensor for p in proposals], targets):
             return super().label_and_sample_proposals(proposals, targets)
 

@@ -16,8 +16,8 @@ class ConfigError(ValueError):
     """A Dynamic R-CNN value out of range, removed, or undefined with the others, named by its key and argument."""
 
 
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+def _count(v, least=1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
 
 
 def _number(v) -> bool:
@@ -28,8 +28,8 @@ def _number(v) -> bool:
 RULES = {
     "enable_dla": ("ENABLE_DLA", lambda v: isinstance(v, bool), "it must be True or False"),
     "enable_dsl": ("ENABLE_DSL", lambda v: isinstance(v, bool), "it must be True or False"),
-    "iou_topk": ("IOU_TOPK", _count, "it must be an integer >= 1"),
-    "beta_topk": ("BETA_TOPK", _count, "it must be an integer >= 1"),
+    "iou_topk": ("IOU_TOPK", lambda v: _count(v, 0), "it must be an integer >= 1, or 0 (automatic)"),
+    "beta_topk": ("BETA_TOPK", lambda v: _count(v, 0), "it must be an integer >= 1, or 0 (automatic)"),
     "update_period": ("UPDATE_PERIOD", _count, "it must be an integer >= 1"),
     "warmup_iou": ("WARMUP_IOU", lambda v: _number(v) and 0 < v < 1, "it must lie in the open interval (0, 1)"),
     "warmup_beta": ("WARMUP_BETA", lambda v: _number(v) and v >= 0,
@@ -38,11 +38,9 @@ RULES = {
 }
 # Arguments of earlier versions: argument -> (config key, what became of it), refused in one line.
 REMOVED = {
-    "statistic": ("STATISTIC", "was removed: the per-object and scaled statistics lost 1-6 AP to the paper's rule: "
-                  "delete the key"),
+    "statistic": ("STATISTIC", "was removed: the per-object and scaled statistics lost 1-6 AP: delete the key"),
     "reference_objects": ("REFERENCE_OBJECTS", "was removed: it served the removed STATISTIC: delete it"),
-    "min_positives_iou": ("MIN_POSITIVES_IOU", "was removed: the positives guard lost 2.4 AP on shapes: delete the "
-                          "key (a threshold that never goes below a value is WARMUP_IOU)"),
+    "min_positives_iou": ("MIN_POSITIVES_IOU", "was removed: the positives guard lost 2.4 AP on shapes: delete it"),
     "error_topk": ("BETA_TOPK", "is the argument `beta_topk` now, named as its key"),
 }
 

@@ -160,8 +160,8 @@ def test_refusals_name_the_key_and_the_stage():
     cases = [
         (["MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK", [10, 10]],
          r"CASCADE.IOU_TOPK has 2 values for the 3 stages of MODEL.ROI_BOX_CASCADE_HEAD.IOUS \(0.5, 0.6, 0.7\)"),
-        (["MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK", [10, 0, 10]],
-         r"MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK\[1\] \(stage 1\) = 0 is invalid: it must be an integer >= 1"),
+        (["MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK", [10, -1, 10]],
+         r"MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK\[1\] \(stage 1\) = -1 is invalid: it must be an integer >= 1, or 0 \(automatic\)"),
         (["MODEL.ROI_BOX_CASCADE_HEAD.IOUS", [0.5, 0.6, 1.0]],
          r"CASCADE.WARMUP_IOU of stage 2 \(by default MODEL.ROI_BOX_CASCADE_HEAD.IOUS\[2\]\) = 1.0 is invalid"),
         (["MODEL.DYNAMIC_RCNN.CASCADE.WARMUP_BETA", [1.0, 0.0, 1.0]],

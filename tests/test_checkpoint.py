@@ -220,3 +220,27 @@ def test_a_finished_training_still_ends_in_its_evaluation(tmp_path, monkeypatch)
     monkeypatch.setattr(Trainer, "test", classmethod(lambda cls, cfg, model, evaluators=None: evaluated.append(1) or {}))
     trainer.train()
     assert evaluated == [1] and (tmp_path / "model_final.pth").exists()
+
+
+def test_every_checkpoint_of_a_run_keeps_the_class_names_of_its_training_set(tmp_path):
+    # demo.py and a release draw a run's detections with these names, whatever the config's test set says.
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from dynamic_rcnn.engine import Trainer
+    from dynamic_rcnn.engine.checkpoint import AtomicCheckpointer
+
+    if "rgb_tiny_train" not in DatasetCatalog:
+        DatasetCatalog.register("rgb_tiny_train", lambda: DatasetCatalog.get("shapes_tiny_train"))
+        MetadataCatalog.get("rgb_tiny_train").set(thing_classes=["red", "green", "blue"])
+    trainer = Trainer(tiny_cfg("OUTPUT_DIR", str(tmp_path), "DATASETS.TRAIN", ("rgb_tiny_train",)))
+    trainer.checkpointer.save("model_0000004", iteration=4)
+    saved = torch.load(str(tmp_path / "model_0000004.pth"), weights_only=False)
+    assert saved["thing_classes"] == ["red", "green", "blue"] and saved["iteration"] == 4
+    # Given to the checkpointer (lazy_train_net.py); a checkpointer given none saves none.
+    model = trainer.model
+    os.makedirs(tmp_path / "a")
+    os.makedirs(tmp_path / "b")
+    AtomicCheckpointer(model, str(tmp_path / "a"), thing_classes=("x", "y", "z")).save("m")
+    assert torch.load(str(tmp_path / "a" / "m.pth"), weights_only=False)["thing_classes"] == ["x", "y", "z"]
+    AtomicCheckpointer(model, str(tmp_path / "b")).save("m")
+    assert "thing_classes" not in torch.load(str(tmp_path / "b" / "m.pth"), weights_only=False)

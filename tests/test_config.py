@@ -31,7 +31,7 @@ def test_switches_must_be_bools(key):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("IOU_TOPK", 0, "IOU_TOPK = 0 is invalid: it must be an integer >= 1"),
+        ("IOU_TOPK", -1, "IOU_TOPK = -1 is invalid: it must be an integer >= 1, or 0 \\(automatic\\)"),
         ("BETA_TOPK", -3, "BETA_TOPK = -3 is invalid"),
         ("UPDATE_PERIOD", 0, "UPDATE_PERIOD = 0 is invalid"),
         ("WARMUP_IOU", 0.0, r"WARMUP_IOU = 0.0 is invalid: it must lie in the open interval \(0, 1\)"),
@@ -145,7 +145,7 @@ def test_infinite_beta_from_the_command_line_and_yaml_fails(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(iou_topk=0), r"IOU_TOPK = 0 is invalid: it must be an integer >= 1 \(argument `iou_topk`\)"),
+    (dict(iou_topk=-2), r"IOU_TOPK = -2 is invalid: it must be an integer >= 1, or 0 \(automatic\) \(argument `iou_topk`\)"),
     (dict(update_period=0), "UPDATE_PERIOD = 0 is invalid"),
     (dict(warmup_iou=1.5), "WARMUP_IOU = 1.5 is invalid"),
     (dict(warmup_beta=float("inf")), "WARMUP_BETA = inf is invalid"),

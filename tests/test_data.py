@@ -540,3 +540,121 @@ def test_train_and_test_jsons_of_other_categories_are_refused_naming_the_differe
         f"--test-json {test} and --train-json {train} list other categories (the model learns those of "
         f"--train-json): id 2 is 'b' in {train}, 'c' in {test}; id 3 ('d') is only in {test}; id 4 ('x') is only "
         f"in {train}. Give both files the same categories (ids and names)")
+
+
+def test_category_names_given_twice_are_refused_naming_the_ids_or_positions(tmp_path):
+    # One per-class AP would vanish (detectron2 reports them by name); in VOC one class would get every box.
+    from dynamic_rcnn.data import register_coco, register_voc
+
+    json_file = _coco_json(tmp_path / "names.json", {1: "red", 2: "red", 3: "blue"})
+    with pytest.raises(ValueError) as e:
+        register_coco("names_twice_coco", json_file, str(tmp_path))
+    assert str(e.value).startswith(
+        f"{json_file}: the category name 'red' is given to the ids 1 and 2: give each category its own name")
+    assert "names_twice_coco" not in DatasetCatalog.list()
+    root = str(tmp_path / "voc")
+    make_voc(root, [("v0", [("red", (1, 1, 10, 10))], True)])
+    with pytest.raises(ValueError) as e:
+        register_voc("names_twice_voc", root, "train", ["red", "blue", "red"])
+    assert str(e.value) == (
+        "names_twice_voc: the class list ['red', 'blue', 'red'] has 'red' at positions 0 and 2: every box of 'red' "
+        "would be given one of them, the other never learned nor scored; list each class once")
+    assert "names_twice_voc" not in DatasetCatalog.list()
+    with pytest.raises(ValueError, match="has 'red' at positions 0 and 2"):
+        load_voc_instances(root, "train", ["red", "blue", "red"])
+
+
+def test_one_image_file_under_two_image_ids_is_refused_naming_it_and_both_ids(tmp_path):
+    from dynamic_rcnn.data import register_coco
+
+    json_file = tmp_path / "file_twice.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}, {"id": 3, "file_name": "./a.png"}],
+        "categories": [{"id": 1, "name": "cell"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in (1, 2, 3)]}))
+    with pytest.raises(ValueError) as e:
+        register_coco("file_twice_coco", str(json_file), str(tmp_path))
+    assert str(e.value).startswith(
+        f"{json_file}: the image file './a.png' is listed under two image ids, 1 and 3, its boxes split between them: "
+        "list each image once, with all its annotations under one id;")
+    assert "file_twice_coco" not in DatasetCatalog.list()
+
+
+def test_a_voc_id_listed_twice_in_a_split_is_loaded_once_and_said(tmp_path, caplog):
+    root = str(tmp_path / "voc")
+    make_voc(root, [("v0", [("cat", (1, 1, 10, 10))], True), ("v1", [("cat", (1, 1, 10, 10))], True)])
+    with open(os.path.join(root, "ImageSets", "Main", "train.txt"), "a") as f:
+        f.write("v0\n")
+    with open(os.path.join(root, "ImageSets", "Main", "val.txt"), "w") as f:
+        f.write("v1\n")
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
+        dicts = load_voc_instances(root, ("train", "val"), ["cat"], name="voc_twice")
+    assert [d["image_id"] for d in dicts] == ["v0", "v1"]
+    assert _summary(caplog, "voc_twice") == (
+        "voc_twice: 2 images, 2 boxes; mended or dropped: 2 split ids listed more than once, loaded once "
+        "(v0 in train.txt, v1 in val.txt)")
+
+
+def test_voc_difficult_flag_is_kept_in_the_records(tmp_path):
+    root = str(tmp_path / "voc")
+    make_voc(root, [("v0", [("cat", (1, 1, 10, 10)), ("cat", (20, 20, 30, 30))], True)])
+    xml_file = os.path.join(root, "Annotations", "v0.xml")
+    with open(xml_file) as f:
+        xml = f.read()
+    with open(xml_file, "w") as f:  # the second object difficult, as VOC writes it
+        f.write(xml.replace("cat</name><bndbox><xmin>20", "cat</name><difficult>1</difficult><bndbox><xmin>20"))
+    annos = load_voc_instances(root, "train", ["cat"])[0]["annotations"]
+    assert [(a["difficult"], a["iscrowd"]) for a in annos] == [(0, 0), (1, 0)]
+
+
+def test_coco_ids_written_as_integral_floats_are_those_integers(tmp_path, caplog):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((40, 50, 3), np.uint8))
+    json_file = tmp_path / "floats.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1.0, "file_name": "a.png", "height": 40, "width": 50}],
+        "categories": [{"id": 1.0, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1.0, "bbox": [1, 1, 5, 5]},
+                        {"id": 2.0, "image_id": 1.0, "category_id": 2, "bbox": [1, 1, 5, 5]},
+                        {"id": 3, "image_id": 1, "category_id": 1.5, "bbox": [1, 1, 5, 5]}]}))
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
+        dicts = load_coco_instances(str(json_file), str(images), "floats")
+    assert [(d["image_id"], type(d["image_id"])) for d in dicts] == [(1, int)]
+    assert [a["category_id"] for a in dicts[0]["annotations"]] == [0, 1]
+    assert _summary(caplog, "floats") == (
+        "floats: 1 images, 2 boxes; mended or dropped: 1 boxes of the category id 1.5, which is not an integer: "
+        "use the categories' ids (a.png), 4 entries with ids written as integral floats (1.0), read as integers "
+        "(categories[0], images[0], a.png)")
+    json_file.write_text(json.dumps({"images": [], "categories": [{"id": 1.5, "name": "a"}]}))
+    with pytest.raises(ValueError, match=r": categories\[0\] has the id 1.5, which is not an integer;"):
+        load_coco_instances(str(json_file), str(images), "floats")
+
+
+def test_images_above_pils_pixel_limit_are_dropped_saying_so(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above twice that: 200 x 100 is 20000
+    dicts = [_record(tmp_path, [_box(1, 1, 9, 9)], name="big.png")]
+    with caplog.at_level(logging.INFO, logger="detectron2.dynamic_rcnn"):
+        assert sanitize_dataset_dicts(dicts, "bomb", num_classes=1) == []
+    assert _summary(caplog, "bomb") == (
+        "bomb: 0 images, 0 boxes; mended or dropped: 1 images above PIL's limit of 2000 pixels (2 x "
+        "PIL.Image.MAX_IMAGE_PIXELS), which it refuses to open: raise PIL.Image.MAX_IMAGE_PIXELS in your launcher "
+        "(None: no limit) or shrink the images (big.png: 20000 pixels)")
+
+
+def test_check_test_sets_says_in_one_line_when_no_test_image_is_left(tmp_path):
+    from dynamic_rcnn.data import DatasetError, check_test_sets, register_coco
+
+    json_file = tmp_path / "gone.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"{i}.png", "height": 40, "width": 50} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "cell"}], "annotations": []}))
+    if "test_sets_gone" not in DatasetCatalog.list():
+        register_coco("test_sets_gone", str(json_file), str(tmp_path))
+    check_test_sets(("shapes_tiny_train",), "DATASETS.TEST")
+    with pytest.raises(DatasetError) as e:
+        check_test_sets(("shapes_tiny_train", "test_sets_gone"), "DATASETS.TEST")
+    assert str(e.value) == (
+        "DATASETS.TEST: the test set 'test_sets_gone' has no image left to evaluate on. What the loading found: "
+        "test_sets_gone: 0 images, 0 boxes; mended or dropped: 2 missing image files (1.png, 2.png). Check that "
+        f"its images are in {tmp_path}, under the names its annotations give, and that they are images")

@@ -146,7 +146,7 @@ def test_read_image_reports_a_decoder_exception_instead_of_raising(tmp_path):
     assert image is None and problem.startswith("the decoder failed: error: ")
 
 
-def test_demo_keeps_every_output_of_inputs_sharing_a_name_and_says_what_it_replaces(
+def test_demo_keeps_every_output_of_inputs_sharing_a_name_and_says_what_it_overwrites(
         weights, tmp_path, capsys):
     demo = load_script("demo")
     folder, out = tmp_path / "in", tmp_path / "out"
@@ -155,7 +155,7 @@ def test_demo_keeps_every_output_of_inputs_sharing_a_name_and_says_what_it_repla
     cv2.imwrite(str(folder / "a.jpg"), np.zeros((40, 50, 3), np.uint8))
     cv2.imwrite(str(folder / "a.png"), np.zeros((60, 70, 3), np.uint8))
     (out / "a_png.png").write_bytes(b"an earlier drawing")
-    rc = demo.main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out), *OPTS,
+    rc = demo.main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out), "--overwrite", *OPTS,
                     "MODEL.WEIGHTS", weights])
     printed = capsys.readouterr().out
     assert rc == 0
@@ -220,3 +220,116 @@ def test_demo_refuses_an_option_written_after_the_overrides(images, tmp_path, ca
     assert ("error: option --confidence-threshold is written after the config overrides (KEY VALUE ...), "
             "which take the rest of the command line: move it (with its value, if it takes one) before the "
             "first override, MODEL.WEIGHTS") in capsys.readouterr().err
+
+
+def register_rgb_dataset():
+    """``rgb_tiny_train``: the tiny shapes images under other class names, as ``--train-json`` registers a user's."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if "rgb_tiny_train" not in DatasetCatalog:
+        DatasetCatalog.register("rgb_tiny_train", lambda: DatasetCatalog.get("shapes_tiny_train"))
+        MetadataCatalog.get("rgb_tiny_train").set(thing_classes=["red", "green", "blue"])
+
+
+def drawn_with(monkeypatch):
+    """The class names of every drawing demo.py makes meanwhile (the metadata it gives detectron2's Visualizer)."""
+    import detectron2.utils.visualizer as visualizer
+
+    names = []
+
+    class Recording(visualizer.Visualizer):
+        def __init__(self, image, metadata=None, *args, **kwargs):
+            names.append(list(metadata.get("thing_classes", [])))
+            super().__init__(image, metadata, *args, **kwargs)
+
+    monkeypatch.setattr(visualizer, "Visualizer", Recording)
+    return names
+
+
+def test_demo_draws_the_class_names_its_weights_were_trained_on(images, tmp_path, monkeypatch, capsys):
+    # A run of other classes than its config's test set (train_net.py --train-json: user_train, red/green/blue).
+    from dynamic_rcnn.engine import Trainer
+
+    register_rgb_dataset()
+    run = tmp_path / "run"
+    cfg = tiny_cfg("OUTPUT_DIR", str(run), "DATASETS.TRAIN", ("rgb_tiny_train",), "SOLVER.MAX_ITER", 1)
+    Trainer(cfg).train()
+    (run / "config.yaml").write_text(cfg.dump())
+    demo, drawn = load_script("demo"), drawn_with(monkeypatch)
+    command = ["--config-file", str(run / "config.yaml"), "--input", str(images), "--confidence-threshold", "0",
+               "MODEL.WEIGHTS", str(run / "model_final.pth")]
+    assert demo.main(command[:4] + ["--output", str(tmp_path / "a")] + command[4:]
+                     + ["DATASETS.TEST", "('shapes_tiny_train',)"]) == 0
+    assert drawn == [["red", "green", "blue"]] * 2
+    assert ("class names from MODEL.WEIGHTS (the classes it was trained on): red, green, blue; not those of "
+            "DATASETS.TEST[0] shapes_tiny_train: circle, square, triangle\n") in capsys.readouterr().out
+    # The run's own config.yaml, whose test set has no class names here: the weights' again, not indices.
+    del drawn[:]
+    assert demo.main(command[:4] + ["--output", str(tmp_path / "b")] + command[4:]) == 0
+    assert drawn == [["red", "green", "blue"]] * 2
+    assert "class names from MODEL.WEIGHTS (the classes it was trained on): red, green, blue\n" in \
+        capsys.readouterr().out
+
+
+def test_demo_says_when_its_weights_hold_no_class_names(weights, images, tmp_path, monkeypatch, capsys):
+    demo, drawn = load_script("demo"), drawn_with(monkeypatch)
+    assert demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(tmp_path / "out"), *OPTS,
+                      "MODEL.WEIGHTS", weights]) == 0
+    assert drawn == [["circle", "square", "triangle"]] * 2  # an older checkpoint: its config's test set, as before
+    assert (f"note: MODEL.WEIGHTS {weights} holds no class names (a checkpoint of an earlier version, or not saved "
+            "by the project's trainers): drawn with those of DATASETS.TEST[0] shapes_tiny_train: circle, square, "
+            "triangle\n") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["50", "-0.1", "nan"])
+def test_demo_refuses_a_confidence_threshold_outside_0_1_at_start_up(weights, images, tmp_path, value):
+    demo = load_script("demo")
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(tmp_path / "out"),
+                   "--confidence-threshold", value, *OPTS, "MODEL.WEIGHTS", weights])
+    assert str(e.value) == (f"error: --confidence-threshold {value} is outside [0, 1]: it is the lowest score a "
+                            "detection is drawn with, between 0 and 1 (e.g. 0.5 for 50 %)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_never_draws_over_a_file_it_did_not_make_without_overwrite(weights, tmp_path, capsys):
+    demo = load_script("demo")
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    for name in ("photo.jpg", "other.jpg"):
+        cv2.imwrite(str(folder / name), np.zeros((40, 50, 3), np.uint8))
+    (out / "photo.png").write_bytes(b"the user's own photo")
+    command = ["--config-file", CONFIG, "--input", str(folder), "--output", str(out), *OPTS, "MODEL.WEIGHTS", weights]
+    with pytest.raises(SystemExit) as e:
+        demo.main(command)
+    assert str(e.value) == (f"error: --output {out} already holds photo.png, which this run would draw over: give "
+                            "another --output folder, or add --overwrite to replace it")
+    assert os.listdir(out) == ["photo.png"] and (out / "photo.png").read_bytes() == b"the user's own photo"
+    assert capsys.readouterr().out == ""  # nothing drawn
+    assert demo.main(command[:6] + ["--overwrite"] + command[6:]) == 0
+    assert f"-> {out / 'photo.png'} (replaces the existing {out / 'photo.png'})" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["other.png", "photo.png"]
+
+
+@pytest.mark.parametrize("config, opts, said", [
+    ("misspelled.yaml", [], "error: {config}: Non-existent config key: MODEL.ROI_HEADS.SCORE_THRES (a misspelled"),
+    (CONFIG, ["MODEL.ROI_HEADS.SCORE_THRES", "0.1"],
+     "error: the command line: Non-existent key: MODEL.ROI_HEADS.SCORE_THRES (a misspelled"),
+    (CONFIG, ["MODEL.DYNAMIC_RCNN.UPDATE_PERIOD", "0"], "error: MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = 0 is invalid"),
+    (CONFIG, ["SOLVER.BASE_LR", "fast"], "error: Type mismatch"),
+    ("missing.yaml", [], "error: --config-file {config} does not exist"),
+    (CONFIG, ["MODEL.WEIGHTS", "w.pth", "MODEL.DEVICE"],
+     "error: the config overrides MODEL.WEIGHTS w.pth MODEL.DEVICE hold 3 items, an odd number"),
+])
+def test_demo_answers_a_bad_config_in_one_line(images, tmp_path, config, opts, said):
+    demo = load_script("demo")
+    if config == "misspelled.yaml":
+        config = tmp_path / config
+        config.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  ROI_HEADS:\n    SCORE_THRES: 0.1\n")
+    elif config == "missing.yaml":
+        config = tmp_path / config
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--config-file", str(config), "--input", str(images), "--output", str(tmp_path / "out"), *opts])
+    assert str(e.value).startswith(said.format(config=config)) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -117,8 +117,8 @@ def test_results_carry_the_jsons_own_category_ids_and_score_against_it_as_report
         return reported
 
     reported = evaluate_registered()
-    # Again: the records converted for COCO's API are now cached in the output folder, so the json is not
-    # read (nor its id mapping set by detectron2's load_coco_json) before the results are written.
+    # Again, with the records' conversion for COCO's API already in the output folder: written anew (never
+    # reused: the annotations may have changed), with the same ids and AP.
     assert os.path.isfile(tmp_path / "eval" / f"{name}_coco_format.json")
     assert evaluate_registered()["AP"] == reported["AP"]
     # The user's own file and tool give the AP the evaluator reported.
@@ -130,3 +130,82 @@ def test_results_carry_the_jsons_own_category_ids_and_score_against_it_as_report
     assert 0 < reported["AP"] < 100
     assert reported["AP"] == pytest.approx(coco_eval.stats[0] * 100, abs=1e-6)
     assert reported["AP50"] == pytest.approx(coco_eval.stats[1] * 100, abs=1e-6)
+
+
+def _register_coco_boxes(name, tmp_path, boxes, again=True):
+    """``name``: a COCO json of one 100 x 100 image (id 1) with ``boxes`` (XYWH), registered anew (as a new
+    process does) unless ``again`` is False; the json is rewritten either way."""
+    from dynamic_rcnn.data import register_coco
+
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(images / "a.png"), np.zeros((100, 100, 3), np.uint8))
+    json_file = tmp_path / "test.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 100, "width": 100}],
+        "categories": [{"id": 1, "name": "cell"}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                        for i, b in enumerate(boxes)]}))
+    if again:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco(name, str(json_file), str(images))
+
+
+def _evaluate_one_image(name, boxes, out_dir, image_id=1):
+    evaluator = HighIoUCOCOEvaluator(name, output_dir=out_dir)
+    evaluator.reset()
+    inst = Instances((100, 100))
+    inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    inst.scores = torch.linspace(1.0, 0.5, len(boxes))
+    inst.pred_classes = torch.zeros(len(boxes), dtype=torch.int64)
+    evaluator.process([{"image_id": image_id}], [{"instances": inst}])
+    return evaluator.evaluate()["bbox"]["AP"]
+
+
+def test_changed_annotations_are_scored_not_an_earlier_conversion_of_them(tmp_path):
+    # train_net.py --eval-only with another --test-json into an OUTPUT_DIR that evaluated before: detectron2's
+    # COCOEvaluator reuses OUTPUT_DIR/inference/<dataset>/<dataset>_coco_format.json, the earlier set's.
+    name, out = "test_evaluation_changed_annotations", str(tmp_path / "inference")
+    found = [[0.0, 0.0, 40.0, 40.0]]
+    _register_coco_boxes(name, tmp_path, [[0, 0, 40, 40]])
+    assert _evaluate_one_image(name, found, out) == pytest.approx(100.0)
+    _register_coco_boxes(name, tmp_path, [[50, 50, 40, 40]])  # the same name and folder, other annotations
+    assert _evaluate_one_image(name, found, out) == pytest.approx(0.0)
+    # In one process, the dataset not registered anew: its records are read again, and scored.
+    _register_coco_boxes(name, tmp_path, [[0, 0, 40, 40]], again=False)
+    assert _evaluate_one_image(name, found, out) == pytest.approx(100.0)
+
+
+def test_voc_difficult_objects_are_trained_on_and_ignored_in_evaluation(tmp_path):
+    import cv2
+    import numpy as np
+
+    from dynamic_rcnn.data import register_voc
+
+    root = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    cv2.imwrite(str(root / "JPEGImages" / "v1.jpg"), np.zeros((100, 100, 3), np.uint8))
+    obj = ("<object><name>cell</name><difficult>{}</difficult><bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax>"
+           "<ymax>{}</ymax></bndbox></object>")
+    (root / "Annotations" / "v1.xml").write_text(
+        "<annotation><size><width>100</width><height>100</height></size>"
+        + obj.format(0, 1, 1, 40, 40) + obj.format(1, 51, 51, 90, 90) + "</annotation>")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("v1\n")
+    name = "test_evaluation_voc_difficult"
+    if name not in DatasetCatalog.list():
+        register_voc(name, str(root), "test", ["cell"])
+    # Training keeps both (detectron2's DatasetMapper drops iscrowd annotations: the flag is apart).
+    annos = DatasetCatalog.get(name)[0]["annotations"]
+    assert [(a["iscrowd"], a["difficult"]) for a in annos] == [(0, 0), (0, 1)]
+    out = str(tmp_path / "inference")
+    # Found the ordinary object only: 100 as the VOC protocol scores it (not 50).
+    assert _evaluate_one_image(name, [[0.0, 0.0, 40.0, 40.0]], out, image_id="v1") == pytest.approx(100.0)
+    # A detection on the difficult object is no false positive either.
+    assert _evaluate_one_image(name, [[0.0, 0.0, 40.0, 40.0], [50.0, 50.0, 90.0, 90.0]], out,
+                               image_id="v1") == pytest.approx(100.0)

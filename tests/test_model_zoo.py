@@ -277,3 +277,28 @@ def test_model_zoo_md_lists_every_release_with_its_sha256_and_ap():
         cells = [c.strip() for c in row.split("|")]
         assert m["sha256"] in row and m["checkpoint"] in row, m["name"]
         assert f"{ap['bbox']['AP']:.1f}" in cells and f"{ap['bbox']['AP90']:.1f}" in cells, m["name"]
+
+
+def test_a_release_keeps_the_class_names_of_its_run_and_the_zoo_gives_them_back(run_dir, tmp_path, monkeypatch,
+                                                                                capsys):
+    run, model = run_dir
+    releases = tmp_path / "releases"
+    publish = load_tool("publish_model")
+    monkeypatch.setenv("DYNAMIC_RCNN_RELEASES", str(releases))
+    # A checkpoint of a run before class names were kept: the release has none, and says so.
+    assert publish.main([str(run), "--name", "older", "--out", str(releases)]) == 0
+    assert (f"note: {run / 'model_final.pth'} holds no class names (a checkpoint of an earlier version, or not saved "
+            "by the project's trainers): the release has none, and demo.py draws those of the config's "
+            "DATASETS.TEST[0]\n") in capsys.readouterr().out
+    assert json.loads((releases / "older.metrics.json").read_text())["thing_classes"] is None
+    assert model_zoo.get_thing_classes("older") is None
+
+    # The project's trainers save them in every checkpoint (AtomicCheckpointer): the release and the zoo keep them.
+    DetectionCheckpointer(model, save_dir=str(run)).save("model_final", thing_classes=["red", "green", "blue"])
+    assert publish.main([str(run), "--name", "tiny_model", "--out", str(releases)]) == 0
+    metrics = json.loads((releases / "tiny_model.metrics.json").read_text())
+    assert metrics["thing_classes"] == ["red", "green", "blue"]
+    data = torch.load(str(releases / metrics["checkpoint"]), weights_only=False)
+    assert set(data) == {"model", "cfg", "thing_classes", "__author__"}
+    assert data["thing_classes"] == metrics["thing_classes"]
+    assert model_zoo.get_thing_classes("tiny_model") == ["red", "green", "blue"]

@@ -163,3 +163,42 @@ def test_a_failed_save_leaves_no_partial_file(release, tmp_path, capsys, monkeyp
     assert load_tool("publish_model").main([cfg.OUTPUT_DIR, "--name", "tiny", "--out", str(out)]) == 2
     assert capsys.readouterr().err == "error: [Errno 28] No space left on device\n"
     assert os.listdir(out) == []
+
+
+def test_publishing_a_name_again_is_refused_unless_replace_which_replaces_the_release_whole(release, tmp_path,
+                                                                                            capsys):
+    cfg, _ = release
+    out = tmp_path / "releases"
+    publish = load_tool("publish_model")
+    assert publish.main([cfg.OUTPUT_DIR, "--name", "tiny", "--out", str(out)]) == 0
+    first = json.loads((out / "tiny.metrics.json").read_text())["checkpoint"]
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    capsys.readouterr()
+    assert publish.main([cfg.OUTPUT_DIR, "--name", "tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} already holds the release tiny ({first}, tiny.metrics.json, tiny.inference.yaml): publishing "
+        "it again would leave those weights orphaned. Give another --name, or add --replace to replace the release "
+        "whole\n")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before  # nothing written
+
+    assert publish.main([cfg.OUTPUT_DIR, "--name", "tiny", "--out", str(out), "--replace"]) == 0
+    second = json.loads((out / "tiny.metrics.json").read_text())["checkpoint"]
+    assert sorted(os.listdir(out)) == sorted([second, "tiny.metrics.json", "tiny.inference.yaml"]) and second != first
+    assert f"replaced the release tiny: {first} removed\n" in capsys.readouterr().out
+
+    # The metadata of a release whose weights are elsewhere (the project's releases/: the .pth files are not in
+    # git) is replaced, and said: nothing is orphaned.
+    os.remove(out / second)
+    assert publish.main([cfg.OUTPUT_DIR, "--name", "tiny", "--out", str(out)]) == 0
+    assert (f"note: replaced tiny.metrics.json and tiny.inference.yaml of an earlier release of tiny, whose weights "
+            f"are not in {out}\n") in capsys.readouterr().out
+
+
+def test_an_out_that_is_a_file_is_refused_as_not_a_folder(release, tmp_path, capsys):
+    cfg, _ = release
+    out = tmp_path / "releases.txt"
+    out.write_text("keep me")
+    assert load_tool("publish_model").main([cfg.OUTPUT_DIR, "--name", "tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: --out {out} is a file: --out must be a folder, for the release's "
+                                       "files (it is created if missing)\n")
+    assert out.read_text() == "keep me" and os.listdir(tmp_path) == ["releases.txt"]

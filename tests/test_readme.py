@@ -54,6 +54,11 @@ COMMANDS = {
     "python demo.py --config-file configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml --input some.jpg a/folder/ "
     "--output drawn/ --confidence-threshold 0.5 MODEL.WEIGHTS output/shapes_dynamic_rcnn_R_18_FPN/model_final.pth": "ok",
     "python -m dynamic_rcnn.tools.plot output/shapes_dynamic_rcnn_R_18_FPN": "ok",
+    # The comparison is stopped once its first run trains; the report is then made of nothing recorded yet.
+    "python -m dynamic_rcnn.tools.compare --config-file configs/shapes/faster_rcnn_R_18_FPN_shapes.yaml --train-json "
+    "train.json --train-images images/ --test-json val.json --test-images images/ --seeds 0 1 2 3 --out "
+    "output/compare_mine": ("until", "compare: run 1 of 8: reference, seed 0"),
+    "python -m dynamic_rcnn.tools.compare --out output/compare_mine --report": "ok",
     "python tools/publish_model.py output/shapes_dynamic_rcnn_R_18_FPN --name my_shapes_model --out my_releases "
     "--verify": "ok",
 }
@@ -156,14 +161,16 @@ def sandbox(tmp_path_factory):
 
 
 def run(command, cwd, env, expect, timeout=900):
-    """Run ``command`` in bash; for STARTS, stop its process group once training has started."""
+    """Run ``command`` in bash; for STARTS (or ``("until", line)``), stop its process group once training has
+    started (that line is printed)."""
     proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    if expect == STARTS:
+    marker = STARTS if expect == STARTS else expect[1] if isinstance(expect, tuple) and expect[0] == "until" else None
+    if marker:
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if STARTS in line:
+            if marker in line:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
         proc.wait(timeout=timeout)
@@ -177,9 +184,9 @@ def run(command, cwd, env, expect, timeout=900):
 def test_readme_command(command, sandbox):
     box, env = sandbox
     expect = COMMANDS[command]
-    if expect == STARTS:
+    if expect == STARTS or expect[0] == "until":
         out = run(command, box, env, expect)
-        assert STARTS in out, out[-3000:]
+        assert (STARTS if expect == STARTS else expect[1]) in out, out[-3000:]
         return
     out, rc = run(command, box, env, expect)
     if expect == "ok":

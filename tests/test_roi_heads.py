@@ -272,3 +272,11 @@ def test_dynamic_roi_heads_script_like_standard_roi_heads():
     got = scripted.inference([{"image": image}], do_postprocess=False)[0]
     assert len(want) > 0 and torch.allclose(got.pred_boxes.tensor, want.pred_boxes.tensor)
     assert torch.equal(got.pred_classes, want.pred_classes)
+
+
+def test_automatic_k_reads_three_boxes_an_object_of_the_proposals():
+    """IOU_TOPK 0, BETA_TOPK 0: one object and 4 proposals give K_I = K_E = max(3 x 1, ceil(7.5 % (1 %) of 4)) = 3:
+    the 3rd largest IoU (0.375) and the 3rd smallest error (dy 10 x (24 - 14) / 12, halved: 4.1667)."""
+    head = build_head(head_cfg("MODEL.DYNAMIC_RCNN.IOU_TOPK", 0, "MODEL.DYNAMIC_RCNN.BETA_TOPK", 0))
+    losses(head)
+    assert recorded(head.tracker) == pytest.approx((0.375, 10 * 10 / 12 / 2))

@@ -108,3 +108,23 @@ def test_error_statistic_counts_the_zeros_of_appended_ground_truth_without_makin
     # The same as the k-th smallest with the zeros there: k = 6 of the 7 values.
     reference = torch.kthvalue(torch.tensor([0.0, 0, 0, 20, 5, 2.5, 5]), 6).values
     assert error_statistic(errors, topk=3, zeros=[2, 1]) == reference
+
+
+def test_the_automatic_k_is_the_papers_share_of_the_proposals_with_three_boxes_an_object():
+    from dynamic_rcnn.statistics import topk_of_image
+
+    assert topk_of_image(20, objects=14, proposals=300, share=0.075) == 20  # set: used as it is
+    # COCO: 7 objects, 1000 proposals: the paper's 75 and 10. shapes: 7 objects, 300 proposals: 23 and 21.
+    # BCCD: 14 cells, 300 proposals: 42 for both (3 boxes a cell).
+    assert topk_of_image(0, 7, 1000, 0.075) == 75 and topk_of_image(0, 7, 1000, 0.01) == 21
+    assert topk_of_image(0, 7, 300, 0.075) == 23 and topk_of_image(0, 7, 300, 0.01) == 21
+    assert topk_of_image(0, 14, 300, 0.075) == 42 and topk_of_image(0, 0, 0, 0.01) == 1
+
+
+def test_statistics_take_one_k_an_image():
+    ious = [torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([]), torch.tensor([0.5, 0.4])]
+    # Image 0: its 3rd largest (0.7); image 1 has no box; image 2: its 1st (0.5). Mean 0.6.
+    assert float(iou_statistic(ious, [3, 5, 1])) == pytest.approx(0.6)
+    errors = [torch.tensor([0.1, 0.4, 0.2]), torch.tensor([]), torch.tensor([0.3])]
+    # k = 2 + 1 (the images with values): the 3rd smallest of 0.1, 0.2, 0.3, 0.4.
+    assert float(error_statistic(errors, [2, 7, 1])) == pytest.approx(0.3)

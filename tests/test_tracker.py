@@ -79,8 +79,8 @@ def test_warns_when_no_hook_updates():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(error_topk=10), r"BETA_TOPK \(argument `error_topk`\) is the argument `beta_topk` now"),
     (dict(min_positives_iou=0.5), r"MIN_POSITIVES_IOU \(argument `min_positives_iou`\) was removed"),
-    (dict(beta_topk=0, keys={"beta_topk": "MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK[1] (stage 1)"}),
-     r"MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK\[1\] \(stage 1\) = 0 is invalid: it must be an integer >= 1"),
+    (dict(beta_topk=-1, keys={"beta_topk": "MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK[1] (stage 1)"}),
+     r"MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK\[1\] \(stage 1\) = -1 is invalid: it must be an integer >= 1, or 0 \(automatic\)"),
 ])
 def test_refusals_name_the_key_the_argument_and_what_to_do(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -2,15 +2,18 @@
 """
 Turn a training run into a model-zoo release:
 
-    python tools/publish_model.py RUN_DIR --name NAME [--checkpoint model_final.pth] [--out releases/]
+    python tools/publish_model.py RUN_DIR --name NAME [--checkpoint model_final.pth] [--out releases/] [--replace]
 
-Keeps the model weights (drops optimizer, scheduler and trainer state), embeds the run's
+Keeps the model weights (drops optimizer, scheduler and trainer state) and the class names they were
+trained on (``thing_classes``, which the project's trainers save in every checkpoint), embeds the run's
 config.yaml, and writes ``OUT/NAME_<first 8 hex of sha256>.pth``, ``OUT/NAME.metrics.json``
 (AP table, schedule, and the run's cost when tools/run_summary.py ran it: iterations, s/iter, peak
 memory, machine, detectron2 and torch versions) and
 ``OUT/NAME.inference.yaml``: the config plain detectron2 (without ``dynamic_rcnn``) builds the
 model from, for ``DefaultPredictor``, ``build_model`` + ``DetectionCheckpointer`` and detectron2's
 export tools (a Dynamic R-CNN model is a ``StandardROIHeads`` model at inference).
+A NAME whose weights (``NAME_<hash>.pth``) are already in OUT is refused: ``--replace`` replaces that
+release whole (its earlier weights are removed once the new release is written).
 With ``--verify`` it then loads the release back through ``dynamic_rcnn.model_zoo`` (hash checked,
 embedded config), evaluates it on the config's test sets and fails unless every AP of the metrics
 file comes back (within ``--tolerance`` AP points).
@@ -81,18 +84,37 @@ def check_name(name: str) -> None:
                          "and '-', beginning with a letter or digit (e.g. dynamic_rcnn_R_18_FPN_shapes)")
 
 
-def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_final.pth") -> dict:
+def earlier_release(name: str, out_dir: str):
+    """What ``out_dir`` holds of a release ``name``: (its checkpoints, its metadata files), file names."""
+    from dynamic_rcnn.model_zoo import released_checkpoints
+
+    meta = [f for f in (f"{name}.metrics.json", f"{name}.inference.yaml") if os.path.isfile(os.path.join(out_dir, f))]
+    return released_checkpoints(name, out_dir), meta
+
+
+def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_final.pth", replace: bool = False):
     """
-    Write the release ``name`` of the run ``run_dir`` into ``out_dir`` (see the module's doc).
-    Raises ValueError for a bad name (before anything is read or written), FileNotFoundError,
-    ValueError or OSError naming what is wrong; the checkpoint is written whole or not at all.
+    Write the release ``name`` of the run ``run_dir`` into ``out_dir`` (see the module's doc); returns its
+    metrics and the notes to print. Raises ValueError for a bad name, OSError for an ``out_dir`` that is no
+    folder or already holds weights of ``name`` (without ``replace``), before anything is read or written;
+    FileNotFoundError, ValueError or OSError naming what is wrong; the checkpoint is written whole or not at all.
     """
     import torch
     from detectron2.config import CfgNode
 
+    from dynamic_rcnn.engine import check_output_dir
     from dynamic_rcnn.model_zoo import sha256_of
 
     check_name(name)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"--out {out_dir} is a file: --out must be a folder, for the release's files (it is "
+                                 "created if missing)")
+    check_output_dir(out_dir, "--out")
+    weights, meta = earlier_release(name, out_dir)
+    if weights and not replace:
+        raise FileExistsError(f"{out_dir} already holds the release {name} ({', '.join(weights + meta)}): publishing "
+                              "it again would leave those weights orphaned. Give another --name, or add --replace to "
+                              "replace the release whole")
     ckpt_path = checkpoint if os.path.isabs(checkpoint) else os.path.join(run_dir, checkpoint)
     cfg_path = os.path.join(run_dir, "config.yaml")
     for path, what in ((ckpt_path, "checkpoint"), (cfg_path, "config.yaml (written by train_net.py)")):
@@ -107,12 +129,14 @@ def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_fina
     with open(cfg_path) as f:
         cfg_text = f.read()
     cfg = CfgNode.load_cfg(cfg_text)
+    classes = list(checkpoint_data.get("thing_classes") or []) or None  # for demo.py and model_zoo.get_thing_classes
 
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".pth", dir=out_dir)
     os.close(fd)
     try:  # the file is named by its hash once written whole: a failure leaves nothing behind
-        torch.save({"model": checkpoint_data["model"], "cfg": cfg_text, "__author__": "dynamic_rcnn"}, tmp)
+        kept = {"thing_classes": classes} if classes else {}
+        torch.save({"model": checkpoint_data["model"], "cfg": cfg_text, **kept, "__author__": "dynamic_rcnn"}, tmp)
         digest = sha256_of(tmp)
         file_name = f"{name}_{digest[:8]}.pth"
         os.chmod(tmp, 0o644)  # mkstemp makes it private
@@ -134,6 +158,7 @@ def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_fina
         "size_mb": round(os.path.getsize(os.path.join(out_dir, file_name)) / 2**20, 2),
         "config": os.path.relpath(cfg_path),
         "datasets": {"train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)},
+        "thing_classes": classes,
         "schedule": {
             "max_iter": cfg.SOLVER.MAX_ITER,
             "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
@@ -146,7 +171,20 @@ def publish(run_dir: str, name: str, out_dir: str, checkpoint: str = "model_fina
     }
     with open(os.path.join(out_dir, f"{name}.metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    return metrics
+    notes = []
+    if not classes:
+        notes.append(f"note: {ckpt_path} holds no class names (a checkpoint of an earlier version, or not saved by "
+                     "the project's trainers): the release has none, and demo.py draws those of the config's "
+                     "DATASETS.TEST[0]")
+    removed = [w for w in weights if w != file_name]  # --replace: the release whole, once the new one is written
+    for earlier in removed:
+        os.remove(os.path.join(out_dir, earlier))
+    if removed:
+        notes.append(f"replaced the release {name}: {', '.join(removed)} removed")
+    elif meta and not weights:
+        notes.append(f"note: replaced {' and '.join(meta)} of an earlier release of {name}, whose weights are not "
+                     f"in {out_dir}")
+    return metrics, notes
 
 
 def verify(name: str, out_dir: str, tolerance: float) -> list:
@@ -183,18 +221,20 @@ def main(argv=None):
     parser.add_argument("--name", required=True, help="release name, e.g. dynamic_rcnn_R_18_FPN_shapes")
     parser.add_argument("--checkpoint", default="model_final.pth", help="checkpoint in RUN_DIR (or a path)")
     parser.add_argument("--out", default=None, help="release folder (default: $DYNAMIC_RCNN_RELEASES or releases/)")
+    parser.add_argument("--replace", action="store_true", help="replace a release of this --name in --out, whole")
     parser.add_argument("--verify", action="store_true", help="then evaluate the release and compare its AP")
     parser.add_argument("--tolerance", type=float, default=0.05, help="--verify: AP points allowed apart")
     args = parser.parse_args(argv)
     from dynamic_rcnn.model_zoo import release_dir
 
     try:
-        metrics = publish(args.run_dir, args.name, args.out or release_dir(), args.checkpoint)
+        metrics, notes = publish(args.run_dir, args.name, args.out or release_dir(), args.checkpoint, args.replace)
     except (OSError, ValueError) as e:  # OSError: FileNotFoundError, a full disk...
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {metrics['checkpoint']} ({metrics['size_mb']} MB, sha256 {metrics['sha256']}), "
           f"{args.name}.metrics.json and {metrics['inference_config']}")
+    print("\n".join(notes), end="\n" if notes else "")
     if args.verify:
         differ = verify(args.name, args.out or release_dir(), args.tolerance)
         for dataset, metric, published, measured in differ:

@@ -11,44 +11,16 @@ machine, torch and detectron2. Exits with the command's status; nothing is writt
 """
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dynamic_rcnn.tools.paired import cpu_model, machine_description  # noqa: E402
+
 __all__ = ["cpu_model", "machine_description", "run_timed", "summarize", "main"]
-
-
-def cpu_model(cpuinfo: str = "/proc/cpuinfo"):
-    """The CPU's model name as ``cpuinfo`` gives it (Linux), or None where there is none."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def machine_description(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """
-    The GPU's name (and count) when one is visible, else the CPU's model, architecture and cores.
-    The model is kept because two CPUs of the same architecture need not give the same floating-point
-    sums: a run that does not reproduce an earlier one to the last digit may be on another CPU.
-    """
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (x{torch.cuda.device_count()})"
-    cpu = platform.processor() or platform.machine()
-    model = cpu_model(cpuinfo)
-    if model:
-        cpu = f"{model} ({cpu})"
-    return f"CPU: {cpu}, {os.cpu_count()} cores"
 
 
 def run_timed(command, **popen_kwargs):

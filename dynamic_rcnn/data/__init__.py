@@ -34,6 +34,7 @@ __all__ = [
     "prepared_root",
     "register_from_args",
     "check_datasets",
+    "check_test_sets",
     "DatasetError",
     "explain_no_training_data",
     "FileNamingMapper",
@@ -173,6 +174,27 @@ def explain_no_training_data(names: Sequence[str], key: str):
             + " Check that the annotations' classes (names, category ids) are the dataset's, and that its "
             "images are where they are looked for"
         ) from None
+
+
+def check_test_sets(names: Sequence[str], key: str) -> None:
+    """
+    At start-up: load the records of every test dataset of ``names`` (the config's ``key``) and raise
+    a DatasetError in one line, naming the dataset with the summary of its loading and what to check,
+    when none of its images is left (all missing or unreadable). detectron2 finds it only at the
+    evaluation, after the training, as a bare ``AssertionError: Dataset '...' is empty!``.
+    """
+    for name in names:
+        if DatasetCatalog.get(name):
+            continue
+        meta = MetadataCatalog.get(name).as_dict()
+        folder = meta.get("image_root") or (os.path.join(meta["dirname"], "JPEGImages") if "dirname" in meta else None)
+        found = loaded_summary(name)
+        raise DatasetError(
+            f"{key}: the test set {name!r} has no image left to evaluate on."
+            + (f" What the loading found: {found}." if found else "")
+            + f" Check that its images are {f'in {folder}' if folder else 'where its records say'}, under the names "
+            "its annotations give, and that they are images"
+        )
 
 
 class FileNamingMapper(DatasetMapper):

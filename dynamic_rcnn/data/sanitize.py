@@ -3,6 +3,7 @@ import logging
 import math
 import numbers
 import os
+import re
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
@@ -21,7 +22,10 @@ _SUMMARIES: Dict[str, str] = {}
 
 
 def _image_header(path: str) -> Optional[Tuple[int, int, str]]:
-    """``(height, width, PIL mode)`` of ``path`` as ``read_image`` returns it (see :func:`image_file_size`)."""
+    """
+    ``(height, width, PIL mode)`` of ``path`` as ``read_image`` returns it (see :func:`image_file_size`).
+    Raises PIL's DecompressionBombError for an image above its pixel limit, which is no broken file.
+    """
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -34,7 +38,9 @@ def _image_header(path: str) -> Optional[Tuple[int, int, str]]:
                 except Exception:  # detectron2 ignores unreadable EXIF as well
                     pass
             return height, width, image.mode
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError...
         return None
 
 
@@ -42,10 +48,23 @@ def image_file_size(path: str) -> Optional[Tuple[int, int]]:
     """
     ``(height, width)`` of the image file ``path`` as detectron2's ``read_image`` will return it
     (EXIF orientation applied), read from the file's header without decoding the pixels; None when
-    PIL cannot open it (not an image, an unknown format, a broken header, a missing file).
+    PIL cannot open it (not an image, an unknown format, a broken header, a missing file, above PIL's
+    pixel limit).
     """
-    header = _image_header(path)
+    try:
+        header = _image_header(path)
+    except Image.DecompressionBombError:
+        return None
     return header[:2] if header else None
+
+
+def _above_pil_limit(example: str, error: Exception) -> Tuple[str, str]:
+    """The summary kind and example of an image PIL refuses as a possible decompression bomb."""
+    pixels = re.search(r"\((\d+) pixels\)", str(error))  # "Image size (N pixels) exceeds limit of M pixels..."
+    # PIL refuses above twice MAX_IMAGE_PIXELS (it warns above once), here and in detectron2's read_image.
+    return (f"images above PIL's limit of {2 * Image.MAX_IMAGE_PIXELS} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS), "
+            "which it refuses to open: raise PIL.Image.MAX_IMAGE_PIXELS in your launcher (None: no limit) or "
+            "shrink the images", f"{example}: {pixels.group(1)} pixels" if pixels else example)
 
 
 def _deep(mode: str) -> bool:
@@ -127,6 +146,8 @@ def sanitize_dataset_dicts(
     - an image file that does not exist: the image is dropped;
     - a file that PIL cannot open (not an image, a broken header; detectron2 reads images with
       PIL, so training would die on it): the image is dropped. Only the header is read;
+    - an image above PIL's pixel limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``, its guard against
+      decompression bombs): the image is dropped, the limit and how to raise it said;
     - an image of 16-bit, 32-bit or float pixels (detectron2 would read it clipped to 8 bits,
       e.g. white): the image is dropped;
     - a missing or invalid ``height``/``width``: read from the image file's header; one that
@@ -151,7 +172,11 @@ def sanitize_dataset_dicts(
             if not os.path.isfile(file_name):
                 log.add("missing image files", example)
                 continue
-            header = _image_header(file_name)
+            try:
+                header = _image_header(file_name)
+            except Image.DecompressionBombError as e:
+                log.add(*_above_pil_limit(example, e))
+                continue
             if header is None:
                 log.add("unreadable image files", example)
                 continue

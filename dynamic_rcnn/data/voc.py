@@ -39,6 +39,18 @@ def _size(text):
         return None
 
 
+def _check_classes(class_names: Sequence[str], name: str) -> None:
+    """Raise ValueError, naming the dataset ``name`` and the positions, when a class is listed twice."""
+    for cls in class_names:
+        at = [i for i, c in enumerate(class_names) if c == cls]
+        if len(at) > 1:
+            # The boxes of that name would all get one of the class ids: the other is never learned nor scored.
+            raise ValueError(
+                f"{name}: the class list {list(class_names)} has {cls!r} at positions {', '.join(map(str, at[:-1]))} "
+                f"and {at[-1]}: every box of {cls!r} would be given one of them, the other never learned nor scored; "
+                "list each class once")
+
+
 def _image_of(folder: str, image_id: str, listing: Dict[str, str]) -> str:
     """
     ``folder/<image_id>.jpg``, as detectron2's VOC loader reads it; when that does not exist, the
@@ -64,24 +76,34 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
     extension (:func:`_image_of`), as in detectron2's VOC loader; an XML ``<filename>`` naming
     another image (another stem; case and extension do not count) is not followed, but counted.
 
+    An id listed twice (in a split file, or in two of ``split``) is loaded once, and counted. A
+    ``<difficult>1</difficult>`` object is kept for training, as in detectron2, with ``"difficult": 1``
+    in its annotation (0 for the others): ``HighIoUCOCOEvaluator`` scores it as an ignored region.
+
     Boxes use VOC's 1-based pixel indexes (as detectron2's own VOC loader, 1 is taken off the
     minimum corner of boxes that have an extent). Broken annotations are mended or dropped by
     ``sanitize_dataset_dicts``, with a one-line summary: a box with a missing or non-numeric
     coordinate is dropped, a missing or non-numeric ``<size>`` is read from the image file. A
     missing or unreadable XML file drops its image and is counted in the same line (its parse
-    error is logged as a warning). Raises FileNotFoundError, naming it, when a split file is missing.
+    error is logged as a warning). Raises FileNotFoundError, naming it, when a split file is missing,
+    and ValueError when ``class_names`` lists a class twice.
     """
-    ids = []
+    name = name or f"{root}:{split}"
+    _check_classes(class_names, name)
+    ids, dropped = {}, DropLog()
     for one in [split] if isinstance(split, str) else list(split):
         split_file = os.path.join(root, "ImageSets", "Main", f"{one}.txt")
         if not os.path.isfile(split_file):
             raise FileNotFoundError(f"{split_file} does not exist: is {root} a PASCAL VOC layout folder?")
         with open(split_file) as f:
-            ids += [line.split()[0] for line in f if line.strip()]
+            for image_id in (line.split()[0] for line in f if line.strip()):
+                if image_id in ids:  # twice the weight in training, two records of one image in evaluation
+                    dropped.add("split ids listed more than once, loaded once", f"{image_id} in {one}.txt")
+                ids.setdefault(image_id, one)
     index = {c: i for i, c in enumerate(class_names)}
     images = os.path.join(root, "JPEGImages")
     listing = {n.lower(): n for n in (os.listdir(images) if os.path.isdir(images) else [])}
-    dicts, dropped = [], DropLog()
+    dicts = []
     for image_id in ids:
         xml_file = os.path.join(root, "Annotations", f"{image_id}.xml")
         try:
@@ -91,7 +113,7 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
             continue
         except (OSError, ET.ParseError) as e:
             # The parse error says where in the file: worth its own line.
-            logger.warning("%s: skipping %s: %s", name or root, xml_file, e)
+            logger.warning("%s: skipping %s: %s", name, xml_file, e)
             dropped.add("unreadable annotation files", os.path.basename(xml_file))
             continue
         file_name = _image_of(images, image_id, listing)
@@ -126,14 +148,20 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
                     "bbox_mode": BoxMode.XYXY_ABS,
                     "category_id": index[cls],
                     "iscrowd": 0,
+                    # Not iscrowd: detectron2's DatasetMapper drops crowd boxes from training.
+                    "difficult": int(_number(_text(obj, "difficult")) == 1),
                 }
             )
         dicts.append(record)
-    return sanitize_dataset_dicts(dicts, name or f"{root}:{split}", len(class_names), dropped=dropped)
+    return sanitize_dataset_dicts(dicts, name, len(class_names), dropped=dropped)
 
 
 def register_voc(name: str, root: str, split, class_names: Sequence[str]) -> None:
-    """Register a VOC layout folder's split (or sequence of splits) as ``name``, evaluated with COCO-style AP."""
+    """
+    Register a VOC layout folder's split (or sequence of splits) as ``name``, evaluated with COCO-style
+    AP (``difficult`` objects as ignored regions). Raises ValueError when a class is listed twice.
+    """
     class_names = list(class_names)
+    _check_classes(class_names, name)
     DatasetCatalog.register(name, lambda: load_voc_instances(root, split, class_names, name))
     MetadataCatalog.get(name).set(thing_classes=class_names, dirname=root, split=split, evaluator_type="coco")

@@ -28,6 +28,7 @@ __all__ = [
     "AtomicCheckpointer",
     "CheckpointError",
     "checkpoint_to_load",
+    "dataset_classes",
     "describe_unreadable",
     "load_checkpoint",
     "load_model_weights",
@@ -227,6 +228,15 @@ def load_checkpoint(checkpointer: DetectionCheckpointer, weights: str, resume: b
         raise _load_failure(path, e, hint) from e
 
 
+def dataset_classes(names) -> Optional[list]:
+    """The class names (``thing_classes``) of the first of the datasets ``names``, which detectron2 requires all
+    training sets to share; None when it has none."""
+    from detectron2.data import MetadataCatalog
+
+    classes = MetadataCatalog.get(names[0]).get("thing_classes") if len(names) else None
+    return list(classes) if classes else None
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """
     ``DetectionCheckpointer`` whose saves never leave a cut file under a checkpoint's name (a run
@@ -234,10 +244,18 @@ class AtomicCheckpointer(DetectionCheckpointer):
     ``NAME.pth`` (``os.replace``: atomic), and ``last_checkpoint`` likewise; a failed save removes
     its temporary, and an OSError (a full disk) raises :class:`CheckpointError` naming the file and
     the cause. Built with ``DetectionCheckpointer``'s arguments; remote folders (``://``) are saved
-    by detectron2's own code.
+    by detectron2's own code. ``thing_classes``, the class names of the training set
+    (:func:`dataset_classes`), are saved in every checkpoint, for the tools that draw or report the
+    model's classes (demo.py, a release).
     """
 
+    def __init__(self, model, save_dir: str = "", *, thing_classes=None, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.thing_classes = list(thing_classes) if thing_classes else None
+
     def save(self, name: str, **kwargs) -> None:
+        if self.thing_classes:
+            kwargs.setdefault("thing_classes", self.thing_classes)
         if not self.save_dir or not self.save_to_disk or "://" in self.save_dir:
             return super().save(name, **kwargs)
         data = {"model": self.model.state_dict()}

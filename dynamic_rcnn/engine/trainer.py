@@ -18,7 +18,7 @@ from ..data import FileNamingMapper, explain_no_training_data
 from ..evaluation import HighIoUCOCOEvaluator, format_ap_table
 from ..hook import add_dynamic_rcnn_hook, find_trackers
 from ..modeling import build_model
-from .checkpoint import AtomicCheckpointer, load_checkpoint
+from .checkpoint import AtomicCheckpointer, dataset_classes, load_checkpoint
 
 __all__ = ["DynamicRCNNMetricPrinter", "Trainer", "create_ddp_model"]
 
@@ -54,6 +54,7 @@ class Trainer(DefaultTrainer):
     - registers :class:`DynamicRCNNHook` when the model has ``DynamicROIHeads`` (a baseline
       config with ``StandardROIHeads`` trains as plain detectron2);
     - evaluates with detectron2's ``COCOEvaluator`` plus AP60-AP90 (any registered dataset);
+    - saves its checkpoints atomically, with the class names of ``DATASETS.TRAIN[0]`` (``thing_classes``);
     - runs with several processes on the CPU as well as on GPUs.
     """
 
@@ -74,9 +75,11 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this: the same,
-        # saving atomically, for the hooks built here (PeriodicCheckpointer) and for resume.
-        c = self.checkpointer
-        self.checkpointer = AtomicCheckpointer(c.model, c.save_dir, save_to_disk=c.save_to_disk, **c.checkpointables)
+        # saving atomically and with the training set's class names, for the hooks built here
+        # (PeriodicCheckpointer) and for resume.
+        c, classes = self.checkpointer, dataset_classes(self.cfg.DATASETS.TRAIN)
+        self.checkpointer = AtomicCheckpointer(c.model, c.save_dir, save_to_disk=c.save_to_disk, thing_classes=classes,
+                                               **c.checkpointables)
         return super().build_hooks()
 
     @classmethod

@@ -6,11 +6,13 @@ import os
 from typing import Mapping
 
 import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
-__all__ = ["HighIoUCOCOEvaluator", "AP_COLUMNS", "format_ap_table"]
+__all__ = ["HighIoUCOCOEvaluator", "AP_COLUMNS", "format_ap_table", "write_ground_truth"]
 
 logger = logging.getLogger("detectron2." + __name__)
 
@@ -49,16 +51,64 @@ def format_ap_table(results: Mapping) -> str:
     return tabulate(rows, headers=["result"] + AP_COLUMNS, tablefmt="pipe", floatfmt=".1f")
 
 
+def write_ground_truth(dataset_name: str, path: str) -> None:
+    """
+    Write the records of ``dataset_name``, loaded now, to ``path`` as COCO json (detectron2's
+    ``convert_to_coco_json``, never a file it cached: the annotations may have changed since), with
+    the annotations marked ``difficult`` (VOC) as crowd regions, which COCOeval ignores: a detection
+    on one is neither a true nor a false positive, and missing one costs nothing, as in the VOC
+    protocol. The records keep them for training (detectron2's DatasetMapper drops crowd boxes).
+    """
+    records = DatasetCatalog.get(dataset_name)
+    marked = [dict(r, annotations=[dict(a, iscrowd=1) if a.get("difficult") else a for a in r.get("annotations", [])])
+              for r in records]
+    difficult = sum(bool(a.get("difficult")) for r in records for a in r.get("annotations", []))
+    if difficult:
+        logger.info("%s: %d difficult objects are ignored regions in the evaluation (VOC protocol)", dataset_name,
+                    difficult)
+    # detectron2's converter reads a registered dataset: the records, loaded once, under a name of their own.
+    scratch = f"{dataset_name} (as evaluated)"
+    meta = MetadataCatalog.get(dataset_name).as_dict()
+    DatasetCatalog.register(scratch, lambda: marked)
+    MetadataCatalog.get(scratch).set(**{k: meta[k] for k in ("thing_classes", "thing_dataset_id_to_contiguous_id")
+                                        if k in meta})
+    try:
+        convert_to_coco_json(scratch, path, allow_cached=False)
+    finally:
+        DatasetCatalog.remove(scratch)
+        MetadataCatalog.remove(scratch)
+
+
 class HighIoUCOCOEvaluator(COCOEvaluator):
     """
     detectron2's ``COCOEvaluator`` (official COCO API) that also reports AP60, AP70, AP80 and AP90
     for boxes and masks, logs the paper's columns as a table and writes them to
     ``output_dir/ap_table.json`` and ``output_dir/ap_table.md``. Works for any dataset in
-    detectron2's catalog: without a COCO json, the records are converted to one.
+    detectron2's catalog: without a COCO json (``json_file`` in its metadata), the records are
+    loaded and converted to ``output_dir/<dataset>_coco_format.json`` anew by every evaluator
+    (``write_ground_truth``: VOC ``difficult`` objects ignored), so that the annotations scored are
+    always those the run loaded.
     """
 
     def __init__(self, dataset_name, output_dir=None, **kwargs):
-        super().__init__(dataset_name, output_dir=output_dir, **kwargs)
+        meta = MetadataCatalog.get(dataset_name)
+        # detectron2 reuses an existing conversion, and keeps its path in the metadata as `json_file`:
+        # an evaluation after a change of the annotations (another --test-json into the same
+        # OUTPUT_DIR, a file edited between two evaluations of one process) would score the old ones.
+        before = vars(meta).get("json_file")
+        converted = os.path.basename(before or "") in ("", f"{dataset_name}_coco_format.json")
+        if converted:
+            vars(meta).pop("json_file", None)
+            if output_dir:  # else detectron2 says that it needs one
+                meta.json_file = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
+                write_ground_truth(dataset_name, meta.json_file)
+        try:
+            super().__init__(dataset_name, output_dir=output_dir, **kwargs)
+        finally:
+            if converted:  # the metadata as it was: the next evaluator converts anew
+                vars(meta).pop("json_file", None)
+                if before:
+                    meta.json_file = before
         self._dataset_name = dataset_name
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):

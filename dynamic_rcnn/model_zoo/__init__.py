@@ -6,11 +6,14 @@ from .model_zoo import (
     get_checkpoint_file,
     get_config,
     get_config_file,
+    get_thing_classes,
     release_dir,
+    released_checkpoints,
     released_names,
     sha256_of,
     verify_checkpoint,
 )
 
-__all__ = ["ChecksumError", "configs_dir", "get", "get_checkpoint_file", "get_config", "get_config_file", "release_dir",
-           "released_names", "sha256_of", "verify_checkpoint"]
+__all__ = ["ChecksumError", "configs_dir", "get", "get_checkpoint_file", "get_config", "get_config_file",
+           "get_thing_classes", "release_dir", "released_checkpoints", "released_names", "sha256_of",
+           "verify_checkpoint"]

@@ -14,7 +14,8 @@ detectron2's setup.py does for its model zoo), else in the source checkout's top
 A released checkpoint is ``NAME_<first 8 hex of its sha256>.pth`` (written by
 ``tools/publish_model.py``), found in the release folder (``$DYNAMIC_RCNN_RELEASES``, default the
 release metadata folder above) or fetched from ``$DYNAMIC_RCNN_RELEASE_URL``. A file whose sha256
-does not start with the 8 hex digits of its name is refused.
+does not start with the 8 hex digits of its name is refused. ``get_thing_classes`` gives the class
+names a release was trained on (kept in its checkpoint and ``NAME.metrics.json``).
 """
 import hashlib
 import json
@@ -33,7 +34,8 @@ from ..config import add_dynamic_rcnn_config
 from ..engine.defaults import device_or_cpu, load_config, merge_checked
 from ..modeling import build_model
 
-__all__ = ["get_config_file", "get_config", "get_checkpoint_file", "get", "sha256_of", "ChecksumError"]
+__all__ = ["get_config_file", "get_config", "get_checkpoint_file", "get", "get_thing_classes", "sha256_of",
+           "ChecksumError", "released_checkpoints"]
 
 logger = logging.getLogger("detectron2." + __name__)
 
@@ -135,6 +137,12 @@ def released_names(folder: Optional[str] = None) -> List[str]:
     return sorted(names)
 
 
+def released_checkpoints(short: str, folder: str) -> List[str]:
+    """The checkpoints of the release ``short`` in ``folder`` (``short_<8 hex>.pth``), sorted."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(f for f in names if (m := _NAME.match(f)) and m.group("name") == short)
+
+
 def _listed_checkpoint(short: str, folder: str) -> Optional[dict]:
     """The metrics of release ``short``: those beside the checkpoints in ``folder``, else the
     project's own (so that a folder of checkpoints alone, or $DYNAMIC_RCNN_RELEASE_URL, works)."""
@@ -159,10 +167,7 @@ def get_checkpoint_file(name: str, release_folder: Optional[str] = None) -> str:
     """
     short = _short(name)
     folder = release_folder or release_dir()
-    candidates = sorted(
-        f for f in (os.listdir(folder) if os.path.isdir(folder) else [])
-        if (m := _NAME.match(f)) and m.group("name") == short
-    )
+    candidates = released_checkpoints(short, folder)
     metrics = _listed_checkpoint(short, folder)
     listed = metrics.get("checkpoint") if metrics else None
     if listed in candidates:
@@ -242,6 +247,17 @@ def get_config(name: str, trained: bool = False):
     merge_checked(cfg.merge_from_other_cfg, f"the config embedded in {path}", CfgNode.load_cfg(checkpoint["cfg"]))
     cfg.MODEL.WEIGHTS = path
     return _cpu_if_no_gpu(cfg, f"the config embedded in {path}")
+
+
+def get_thing_classes(name: str) -> Optional[List[str]]:
+    """
+    The class names the release ``name`` was trained on, in the order of the model's class indices (what
+    ``MetadataCatalog``'s ``thing_classes`` holds for drawing): those its checkpoint keeps (hash checked). None for a
+    release published before they were kept: the datasets of its config (``DATASETS.TRAIN``) name them.
+    """
+    path = get_checkpoint_file(name)
+    classes = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("thing_classes")
+    return list(classes) if classes else None
 
 
 def get(name: str, trained: bool = False, device: Optional[str] = None) -> torch.nn.Module:
