@@ -34,7 +34,7 @@ releases: env
 	@set -e; for spec in $(RELEASES); do \
 		name=$$(basename $$spec); run=output/release/$$name; \
 		if [ ! -f $$run/run_summary.json ]; then \
-			$(PY) tools/run_summary.py $$run -- $(PY) train_net.py --config-file configs/$$spec.yaml SEED 0 OUTPUT_DIR $$run; fi; \
+			$(PY) tools/run_summary.py $$run -- $(PY) train_net.py --config-file configs/$$spec.yaml --restart SEED 0 OUTPUT_DIR $$run; fi; \
 		$(PY) tools/publish_model.py $$run --name $$name --verify --replace; \
 	done
 

@@ -6,6 +6,7 @@ Dynamic R-CNN training with detectron2's LazyConfig (Python configs such as thos
 
     python lazy_train_net.py --config-file configs/lazy/dynamic_rcnn_R_50_FPN_1x.py --num-gpus 8
     python lazy_train_net.py --config-file ... --resume
+    python lazy_train_net.py --config-file ... --restart    # over an earlier run of train.output_dir
     python lazy_train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
     python lazy_train_net.py --config-file ... model.roi_heads.tracker.iou_topk=50 train.max_iter=1000
 
@@ -31,11 +32,14 @@ from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import CommonMetricPrinter  # noqa: E402
 
 from dynamic_rcnn import add_dynamic_rcnn_hook, find_trackers  # noqa: E402
-from dynamic_rcnn.data import check_datasets, explain_no_training_data  # noqa: E402
+from dynamic_rcnn.data import check_datasets, check_test_sets, explain_no_training_data  # noqa: E402
 from dynamic_rcnn.engine import (  # noqa: E402
     AtomicCheckpointer,
     DynamicRCNNMetricPrinter,
+    add_restart_option,
+    apply_lazy_overrides,
     check_amp,
+    check_batch_size,
     check_output_dir,
     check_overrides,
     create_ddp_model,
@@ -107,18 +111,22 @@ def _names(cfg, part: str) -> list:
 
 def checked_config(args):
     """
-    The LazyConfig with its overrides, its datasets checked (registered, files present),
-    ``train.device`` moved to the CPU when no GPU is visible, AMP only on a GPU and an output
-    folder that can be written; the model is checked when built.
+    The LazyConfig with its overrides (each ``key=value`` of a key it has), its datasets checked
+    (registered, files present), ``train.device`` moved to the CPU when no GPU is visible, AMP only
+    on a GPU, a batch the processes share and an output folder that can be written; the model is
+    checked when built.
     """
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = apply_lazy_overrides(LazyConfig.load(args.config_file), args.opts)
     for part in ("train", "test"):
         if part == "test" or not args.eval_only:
             check_datasets(_names(cfg, part), f"dataloader.{part}.dataset.names")
     cfg.train.device = device_or_cpu(cfg.train.device, "train.device")
     if not args.eval_only:
         check_amp(cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled")
+        check_batch_size(cfg.dataloader.train.get("total_batch_size"), args.num_gpus * args.num_machines,
+                         "dataloader.train.total_batch_size")
     check_output_dir(cfg.train.output_dir, "train.output_dir")
+    check_test_sets(_names(cfg, "test"), "dataloader.test.dataset.names")  # last: it loads them
     return cfg
 
 
@@ -141,7 +149,8 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = default_argument_parser()
+    parser = add_restart_option(default_argument_parser())
     args = parser.parse_args()
     check_overrides(parser, args)
-    launch_checked(main, args, checked_config, output_dir=lambda checked: checked.train.output_dir)
+    launch_checked(main, args, checked_config, output_dir=lambda checked: checked.train.output_dir,
+                   output_key="train.output_dir")

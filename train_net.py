@@ -5,6 +5,7 @@ keys and Trainer (DefaultTrainer + DynamicRCNNHook + COCO-style evaluation with 
 
     python train_net.py --config-file configs/dynamic_rcnn_R_50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file ... --resume
+    python train_net.py --config-file ... --restart    # over an earlier run of OUTPUT_DIR, its files moved aside
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --train-json a.json --train-images imgs/ --test-json ...
 """
@@ -19,9 +20,9 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 
-from dynamic_rcnn.data import check_datasets, register_from_args  # noqa: E402  (registers the datasets)
+from dynamic_rcnn.data import check_datasets, check_test_sets, register_from_args  # noqa: E402  (registers them)
 from dynamic_rcnn.engine import Trainer, check_amp, check_output_dir, check_overrides, launch_checked  # noqa: E402
-from dynamic_rcnn.engine import load_config, load_model_weights  # noqa: E402
+from dynamic_rcnn.engine import add_restart_option, check_batch_size, load_config, load_model_weights  # noqa: E402
 from dynamic_rcnn.engine.checkpoint import LAST_CHECKPOINT, checkpoint_to_load  # noqa: E402
 
 logger = logging.getLogger("detectron2.dynamic_rcnn.train_net")
@@ -42,8 +43,9 @@ def check_eval_only(args, cfg: CfgNode):
 def checked_config(args):
     """
     The run's config with every start-up check done (config values, options, datasets and their
-    files, --eval-only weights, AMP on a GPU, an OUTPUT_DIR that can be written): a problem ends
-    the run before anything is built or written. Returns (cfg, the note of --train-json on
+    files, --eval-only weights, AMP on a GPU, a batch the processes share, an OUTPUT_DIR that can be
+    written; launch_checked then refuses one that holds a finished or running training): a problem
+    ends the run before anything is built or written. Returns (cfg, the note of --train-json on
     MODEL.ROI_HEADS.NUM_CLASSES or None), the note for the log once it is set up.
     """
     cfg = load_config(args.config_file, args.opts)
@@ -51,9 +53,11 @@ def checked_config(args):
     if not args.eval_only:
         check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         check_amp(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED")
+        check_batch_size(cfg.SOLVER.IMS_PER_BATCH, args.num_gpus * args.num_machines, "SOLVER.IMS_PER_BATCH")
     check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
     check_eval_only(args, cfg)
     check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    check_test_sets(cfg.DATASETS.TEST, "DATASETS.TEST")  # last: it loads them
     return cfg, note
 
 
@@ -82,7 +86,7 @@ def main(args):
 
 
 def argument_parser():
-    parser = default_argument_parser()
+    parser = add_restart_option(default_argument_parser())
     group = parser.add_argument_group("your own COCO-format data (registered as user_train / user_test)")
     group.add_argument("--train-json", help="COCO instances json of the training set")
     group.add_argument("--train-images", help="folder of the training images")

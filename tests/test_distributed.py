@@ -260,3 +260,63 @@ def test_a_failing_process_ends_the_run_in_one_line_naming_the_file_and_its_log(
     with open(log) as f:
         text = f.read()
     assert "Process of rank 1 failed:\nTraceback" in text and f"name='{image}'" in text
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_refused_before_any_process_starts(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY_OPTS
+
+    for name in ("metrics.json", "model_final.pth", "last_checkpoint"):
+        (tmp_path / name).write_text("an earlier run's")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file",
+         "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml", "--num-gpus", "2", "--dist-url", "auto",
+         *map(str, TINY_OPTS + OPTS), "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: OUTPUT_DIR {tmp_path} holds a training run")
+    assert not (tmp_path / "log.txt").exists()  # no process was started
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_two_processes_is_one_line_with_the_iteration_the_checkpoint_and_the_resume_command(tmp_path):
+    import sys
+
+    from conftest import ROOT, TINY_OPTS
+    from test_train_net import assert_interrupted_in_one_line, interrupt_training
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file",
+           "configs/shapes/dynamic_rcnn_R_18_FPN_shapes.yaml", "--num-gpus", "2", "--dist-url", "auto",
+           *map(str, TINY_OPTS + OPTS), "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "3",
+           "OUTPUT_DIR", str(out)]
+    proc, stderr, tagged = interrupt_training(cmd, out)
+    assert_interrupted_in_one_line(proc, stderr, out, tagged, cmd)
+
+
+def _never_called(args):
+    raise AssertionError("the processes must not get this far")
+
+
+@pytest.mark.slow
+def test_a_port_taken_after_the_start_up_check_is_named_with_dist_url(tmp_path, monkeypatch):
+    """The check before launch passed, then another run took the port: the process that fails says so too."""
+    import socket
+    from types import SimpleNamespace
+
+    from dynamic_rcnn.engine import launch as launch_module
+
+    monkeypatch.setattr(launch_module, "check_dist_url", lambda args: None, raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        url = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        args = SimpleNamespace(num_gpus=2, num_machines=1, machine_rank=0, dist_url=url)
+        with pytest.raises(SystemExit) as e:
+            launch_module.launch_checked(_never_called, args, lambda a: a)
+    assert e.value.code == (
+        f"error: --dist-url {url}: its port {url.rsplit(':', 1)[1]} is taken on this machine (another multi-process "
+        "run?): give another --dist-url tcp://127.0.0.1:PORT, or --dist-url auto for a free port (on one machine)")

@@ -51,7 +51,7 @@ def test_lazy_configs_build_the_papers_model(config, mask_on):
 @pytest.mark.parametrize("override, message", [
     ("model.roi_heads.tracker.update_period=0", "UPDATE_PERIOD = 0 is invalid: it must be an integer >= 1"),
     ("model.roi_heads.tracker.warmup_iou=1.5", "WARMUP_IOU = 1.5 is invalid"),
-    ("model.roi_heads.tracker.iou_topk=0", "IOU_TOPK = 0 is invalid"),
+    ("model.roi_heads.tracker.iou_topk=-1", "IOU_TOPK = -1 is invalid"),
     ("model.roi_heads.box_predictor.box_reg_loss_type=giou", "ENABLE_DSL = True needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE"),
 ])
 def test_a_bad_lazy_value_fails_when_the_model_is_built(override, message):
@@ -172,3 +172,50 @@ def test_lazy_train_net_saves_checkpoints_whole_or_not_at_all(tmp_path, monkeypa
     with pytest.raises(CheckpointError, match=rf"^Cannot save {tmp_path / 'model_final.pth'}: \[Errno 28\] No space"):
         lazy.do_train(args, cfg)
     assert not [n for n in os.listdir(tmp_path) if ".pth" in n]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_iter", "is not key=value: write it as train.max_iter=VALUE"),
+    ("train.max_itr=3", ": train has no key max_itr (did you mean max_iter?): a misspelled key? To add a new one, "
+                        "write +train.max_itr=3"),
+    ("model.roi_heads.tracker.iou_topkk=5", ": model.roi_heads.tracker has no key iou_topkk (did you mean iou_topk?): "
+                                            "a misspelled key? To add a new one, write "
+                                            "+model.roi_heads.tracker.iou_topkk=5"),
+    ("model.roi_head.tracker.iou_topk=5", ": model has no key roi_head (did you mean roi_heads?): a misspelled key? To "
+                                          "add a new one, write +model.roi_head.tracker.iou_topk=5"),
+    ("train.max_iter.x=5", ": train.max_iter is a value (3), not a config with keys"),
+    ("train.max_iter=3=4", "cannot be read: mismatched input '=' expecting <EOF> (detectron2 reads key=value with "
+                           "hydra's override grammar)"),
+])
+def test_a_lazy_override_without_equals_or_of_a_misspelled_key_is_one_line_naming_it(tmp_path, override, message):
+    lazy, args = _lazy(f"train.output_dir={tmp_path / 'out'}", override)
+    assert _one_line_exit(lazy, args) == f"error: override {override}{'' if message[0] == ':' else ' '}{message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_lazy_override_of_an_argument_the_config_does_not_list_is_taken(tmp_path):
+    # detectron2's ROIHeads (a base class of DynamicROIHeads) takes proposal_append_gt, which the config does not
+    # list: an argument to set, not a misspelled key; a new key with `+`.
+    lazy, args = _lazy(f"train.output_dir={tmp_path}", "model.roi_heads.proposal_append_gt=False", "+train.mine=1")
+    cfg = lazy.checked_config(args)
+    assert cfg.model.roi_heads.proposal_append_gt is False and cfg.train.mine == 1
+
+
+def test_lazy_train_net_refuses_a_finished_run_and_a_batch_the_processes_cannot_share(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("metrics.json", "model_final.pth", "last_checkpoint"):
+        (out / name).write_text("an earlier run's")
+    proc = run("dynamic_rcnn_R_50_FPN_1x.py", *TINY, "train.max_iter=1", f"train.output_dir={out}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: train.output_dir {out} holds a training run (last_checkpoint, metrics.json, model_final.pth): a "
+        "training into it would replace its checkpoints and add to its metrics.json. Go on from its last checkpoint "
+        f"with --resume, give another train.output_dir, or start over with --restart (it moves the run's files into "
+        f"{out / 'earlier_run_1'})")
+    lazy, args = _lazy(f"train.output_dir={tmp_path / 'new'}", "dataloader.train.total_batch_size=3")
+    args.num_gpus = 2
+    assert _one_line_exit(lazy, args) == (
+        "error: dataloader.train.total_batch_size = 3 is not divisible by the 2 processes (--num-gpus x "
+        "--num-machines): each process takes an equal share of the batch. Set dataloader.train.total_batch_size to a "
+        "multiple of 2 (e.g. 4)")

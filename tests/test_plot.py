@@ -87,3 +87,34 @@ def test_plot_draws_every_stage_of_a_cascade(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "step", step)
     assert plot_dynamics(read_metrics(str(tmp_path / "metrics.json")), str(tmp_path / "dynamics.png")) is True
     assert labels == [f"stage{k} {what}" for what in ("IoU threshold", "SmoothL1 beta") for k in range(3)]
+
+
+def test_a_metrics_line_that_is_json_but_not_an_object_is_one_line_naming_it(tmp_path, capsys):
+    metrics = tmp_path / "metrics.json"
+    for bad in ("[1, 2]", "3"):
+        write_metrics(str(metrics), [{"iteration": 19, "total_loss": 1.0}, bad])
+        assert main([str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: {metrics} line 2 is JSON but not an object ({bad}): detectron2's metrics.json has one "
+                       "object a line; is it a training run's?\n")
+
+
+def test_a_config_yaml_that_cannot_be_read_is_a_note_and_the_plot_goes_on(tmp_path, capsys):
+    rows = [{"iteration": i, "dynamic_rcnn/iou_threshold": 0.4, "total_loss": 1.0} for i in (19, 39)]
+    write_metrics(str(tmp_path / "metrics.json"), rows)
+    config = tmp_path / "config.yaml"
+    for text, what in (("MODEL: [1, 2]\n", "MODEL is [1, 2], not a mapping"),
+                       ("3\n", "the file holds 3, not a mapping"),
+                       ("MODEL:\n  DYNAMIC_RCNN: on\n", "MODEL.DYNAMIC_RCNN is True, not a mapping"),
+                       ("MODEL: {DYNAMIC_RCNN: {UPDATE_PERIOD: 0}}\n", "MODEL.DYNAMIC_RCNN.UPDATE_PERIOD is 0, not an "
+                                                                      "integer >= 1"),
+                       ("MODEL: [1\n", "not YAML")):
+        config.write_text(text)
+        assert main([str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"note: {config}: {what}"), out
+        assert out.splitlines()[0].endswith(": each update is drawn at the first logged iteration after it (or give "
+                                            "--update-period)")
+        assert (tmp_path / "dynamics.png").is_file()
+    config.write_text("MODEL: {ROI_HEADS: {NAME: StandardROIHeads}}\n")  # a baseline's: no period, no note
+    assert read_update_period(str(tmp_path)) is None

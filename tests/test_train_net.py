@@ -150,6 +150,7 @@ def test_eval_only_refuses_weights_that_do_not_fit_the_model(tmp_path):
 
     seven_classes = build_model(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 7))
     DetectionCheckpointer(seven_classes, save_dir=str(tmp_path)).save("seven")
+    (tmp_path / "metrics.json").write_text("")  # a finished run's folder: --eval-only writes evaluation files only
     proc = run_train_net("--config-file", SHAPES_CONFIG, "--eval-only", *TINY_OPTS,
                          "DATASETS.TEST", "('shapes_tiny_train',)",
                          "MODEL.WEIGHTS", tmp_path / "seven.pth", "OUTPUT_DIR", tmp_path)
@@ -292,3 +293,225 @@ def test_folders_with_spaces_and_accents_train_and_their_faults_still_answer_in_
     train_net, args = _in_process("MODEL.WEIGHTS", cut, "OUTPUT_DIR", out, options=["--eval-only"])
     line = _one_line_exit(train_net, args)
     assert line.startswith(f"error: Cannot load the checkpoint {cut}: the file is a truncated or damaged zip archive")
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.WEIGHTS", "SOLVER.MAX_ITER", 10], "MODEL.WEIGHTS has no value"),
+    (["SOLVER.MAX_ITER", 10, 20],
+     "20 stands where a KEY belongs, and is no config key (a value without its key, or a misspelled key?)"),
+    (["SOLVER.MAX_ITER"], "SOLVER.MAX_ITER has no value"),
+])
+def test_an_odd_override_list_is_one_line_naming_the_item_without_its_pair(tmp_path, opts, message):
+    train_net, args = _in_process("OUTPUT_DIR", tmp_path, *opts)
+    n = len(TINY_OPTS) + 2 + len(opts)
+    assert _one_line_exit(train_net, args) == (
+        f"error: the command line: {message}: the overrides after the options are KEY VALUE pairs ({n} items given)")
+
+
+LOCK = ".training.lock"  # the file in OUTPUT_DIR that a training holds locked (fcntl.flock) while it runs
+
+
+def _earlier_run(folder, files=("metrics.json", "model_final.pth", "last_checkpoint")):
+    """A folder holding what a run wrote (``files``), a log, and a file of the user's; {name: content}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files + ("log.txt", "notes.txt"):
+        (folder / name).write_text(f"the earlier {name}")
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+def _refused_run(out, files, key="OUTPUT_DIR"):
+    """The line a training into ``out``, which holds ``files`` of an earlier run, is refused with."""
+    return (f"error: {key} {out} holds a training run ({', '.join(files)}): a training into it would replace its "
+            "checkpoints and add to its metrics.json. Go on from its last checkpoint with --resume, give another "
+            f"{key}, or start over with --restart (it moves the run's files into {out / 'earlier_run_1'})")
+
+
+@pytest.mark.parametrize("files", [("metrics.json",), ("last_checkpoint", "model_0000004.pth")])
+def test_a_training_into_a_started_or_finished_run_is_refused_with_the_choices(tmp_path, files):
+    out = tmp_path / "out"
+    before = _earlier_run(out, files)
+    proc = run_train_net("--config-file", SHAPES_CONFIG, *TINY_OPTS, "SOLVER.MAX_ITER", 1, "OUTPUT_DIR", out)
+    assert_one_line_error(proc, 1, _refused_run(out, sorted(files)))
+    assert {p.name: p.read_text() for p in out.iterdir() if p.name != LOCK} == before  # nothing written
+
+
+def test_a_folder_with_only_a_log_or_nothing_is_no_run_and_a_training_holds_its_folder_locked(tmp_path):
+    import fcntl
+
+    from dynamic_rcnn.engine.launch import claim_output_dir
+
+    (tmp_path / "log.txt").write_text("a log")
+    (tmp_path / "tiny.pth").write_text("weights of the user's, not a run's checkpoint")
+    for folder in (tmp_path, tmp_path / "new"):
+        with claim_output_dir(str(folder), "OUTPUT_DIR", resume=False, restart=False):
+            with open(folder / LOCK) as f, pytest.raises(BlockingIOError):
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the run goes on
+        with open(folder / LOCK) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when it ends
+
+
+@pytest.mark.parametrize("options", [[], ["--resume"]])
+def test_a_folder_a_training_runs_in_is_refused_to_a_second_one(tmp_path, options):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).write_text("process 4242 on a-host since 2024-01-01 12:00:00")
+    with open(out / LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a training running into out
+        proc = run_train_net("--config-file", SHAPES_CONFIG, *options, *TINY_OPTS, "SOLVER.MAX_ITER", 1,
+                             "OUTPUT_DIR", out)
+    assert_one_line_error(proc, 1, (
+        f"error: OUTPUT_DIR {out} is in use by another training (process 4242 on a-host since 2024-01-01 12:00:00): "
+        "two runs in one folder mix their checkpoints, config and metrics. Give another OUTPUT_DIR, or wait until "
+        "that run ends"))
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]
+
+
+@pytest.mark.slow
+def test_restart_moves_the_earlier_run_aside_says_so_and_trains(tmp_path):
+    """A stale lock (the file of a killed run, not held) blocks nothing; the user's own files stay."""
+    out = tmp_path / "out"
+    before = _earlier_run(out, ("metrics.json", "model_final.pth", "last_checkpoint", "config.yaml"))
+    (out / LOCK).write_text("process 4242 on a-host since 2024-01-01 12:00:00")
+    proc = run_train_net("--config-file", SHAPES_CONFIG, "--restart", *TINY_OPTS, "SOLVER.MAX_ITER", 1,
+                         "OUTPUT_DIR", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    earlier = out / "earlier_run_1"
+    assert (f"note: --restart: the earlier run's files in {out} (config.yaml, last_checkpoint, log.txt, metrics.json, "
+            f"model_final.pth) moved to {earlier}; delete that folder to free the space\n") in proc.stdout
+    assert {p.name: p.read_text() for p in earlier.iterdir()} == {k: v for k, v in before.items() if k != "notes.txt"}
+    assert (out / "notes.txt").read_text() == before["notes.txt"]
+    assert (out / "model_final.pth").stat().st_size > 1000 and '"iteration": 0' in (out / "metrics.json").read_text()
+
+
+def test_restart_with_resume_or_eval_only_is_refused(tmp_path):
+    for other in ("--resume", "--eval-only"):
+        proc = run_train_net("--config-file", SHAPES_CONFIG, "--restart", other, *TINY_OPTS, "SOLVER.MAX_ITER", 1,
+                             "OUTPUT_DIR", tmp_path)
+        assert_one_line_error(proc, 2, (
+            f"train_net.py: error: --restart starts the training over: it has no use with {other} (which "
+            f"{'goes on from the last checkpoint' if other == '--resume' else 'trains nothing'})"))
+
+
+def test_a_batch_that_the_processes_cannot_share_is_refused_at_start_up_naming_the_key(tmp_path):
+    train_net, args = _in_process("SOLVER.IMS_PER_BATCH", 3, "OUTPUT_DIR", tmp_path / "out", options=["--num-gpus", 2])
+    assert _one_line_exit(train_net, args) == (
+        "error: SOLVER.IMS_PER_BATCH = 3 is not divisible by the 2 processes (--num-gpus x --num-machines): each "
+        "process takes an equal share of the batch. Set SOLVER.IMS_PER_BATCH to a multiple of 2 (e.g. 4)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_taken_port_of_dist_url_is_refused_before_launch_naming_the_option(tmp_path):
+    import socket
+
+    with socket.socket() as taken:  # another multi-process run's store
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        url = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        train_net, args = _in_process("SOLVER.IMS_PER_BATCH", 4, "OUTPUT_DIR", tmp_path / "out",
+                                      options=["--num-gpus", 2, "--dist-url", url])
+        assert _one_line_exit(train_net, args) == (
+            f"error: --dist-url {url}: its port {url.rsplit(':', 1)[1]} is taken on this machine (another "
+            "multi-process run?): give another --dist-url tcp://127.0.0.1:PORT, or --dist-url auto for a free port "
+            "(on one machine)")
+    assert not (tmp_path / "out").exists()
+
+
+def interrupt_training(cmd, out, timeout=600):
+    """
+    Start ``cmd`` (a training into ``out``) in a process group of its own, press Ctrl-C (SIGINT to the group, as a
+    terminal does) once it has written a checkpoint; returns (the process, its stderr, the checkpoint named then).
+    """
+    import contextlib
+    import signal
+    import time
+
+    with open(out.parent / "stdout.txt", "w") as stdout, open(out.parent / "stderr.txt", "w+") as stderr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=stderr, text=True, start_new_session=True,
+                                env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        start = time.time()
+        while not (out / "last_checkpoint").is_file() and proc.poll() is None and time.time() - start < timeout:
+            time.sleep(0.2)
+        tagged = (out / "last_checkpoint").read_text() if (out / "last_checkpoint").is_file() else None
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=180)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # what is left of it, whatever happened
+        stderr.seek(0)
+        return proc, stderr.read(), tagged
+
+
+def assert_interrupted_in_one_line(proc, stderr, out, tagged, cmd):
+    """Exit 130 with one line: the iteration reached, the intact checkpoint, the --resume command."""
+    import re
+    import shlex
+
+    assert tagged is not None and proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    found = re.fullmatch(r"error: training interrupted \(Ctrl-C\) at iteration (\d+) of 100000; the last "
+                         r"checkpoint, (.*), is intact; go on from it with: (.*)", line)
+    assert found, line
+    assert found[2] == str(out / (out / "last_checkpoint").read_text())
+    assert int(found[1]) >= int(re.search(r"\d+", tagged)[0])  # the checkpoint after that iteration was written
+    resume = shlex.split(found[3])
+    split = cmd.index("MODEL.DEVICE")  # the overrides, which --resume goes before
+    assert resume[0] in ("python", sys.executable) and resume[1:] == cmd[1:split] + ["--resume"] + cmd[split:]
+    return [sys.executable] + resume[1:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_with_the_iteration_the_intact_checkpoint_and_the_resume_command(tmp_path):
+    import contextlib
+    import signal
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", SHAPES_CONFIG,
+           *map(str, TINY_OPTS), "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "3", "OUTPUT_DIR", str(out)]
+    proc, stderr, tagged = interrupt_training(cmd, out)
+    resume = assert_interrupted_in_one_line(proc, stderr, out, tagged, cmd)
+    # The folder is free again (the lock went with the run), and the command goes on after that checkpoint.
+    tagged = (out / "last_checkpoint").read_text()
+    proc = subprocess.Popen(resume, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    going_on = f"Starting training from iteration {int(tagged[len('model_'):-len('.pth')]) + 1}"
+    try:
+        for line in proc.stdout:
+            if going_on in line or "error:" in line:
+                break
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.communicate(timeout=180)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert going_on in line and proc.returncode == 130, line + rest[-3000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_checkpoint_is_saved_is_the_same_line_and_leaves_no_cut_file(tmp_path, monkeypatch, capsys):
+    """torch.save cut by the Ctrl-C fails on its way out (a RuntimeError of its zip writer): still a Ctrl-C."""
+    import torch
+
+    from dynamic_rcnn.engine.launch import launch_checked
+
+    def cut(data, f, **kwargs):
+        f.write(b"PK\x03\x04 the first part of a checkpoint")
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 61418560 vs 61418448")
+
+    out = tmp_path / "out"
+    train_net, args = _in_process("SOLVER.MAX_ITER", 2, "SOLVER.CHECKPOINT_PERIOD", 1, "OUTPUT_DIR", out)
+    monkeypatch.setattr(torch, "save", cut)
+    with pytest.raises(SystemExit) as e:
+        launch_checked(train_net.main, args, train_net.checked_config, output_dir=lambda checked: checked[0].OUTPUT_DIR)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: training interrupted (Ctrl-C) at iteration 0 of 2; no checkpoint was saved yet; start again (from "
+        "iteration 0) with: ")
+    assert not [n for n in os.listdir(out) if ".pth" in n or n == "last_checkpoint"]

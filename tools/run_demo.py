@@ -51,18 +51,20 @@ def main(argv=None):
 
     import dynamic_rcnn.data  # noqa: F401  (registers the built-in datasets)
     from dynamic_rcnn.engine import Trainer, load_config
+    from dynamic_rcnn.engine.launch import claim_output_dir
     from dynamic_rcnn.evaluation import format_ap_table
     from dynamic_rcnn.tools.plot import plot_dynamics, plot_losses, read_metrics
 
     start = time.time()
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
-    default_setup(cfg, default_argument_parser().parse_args(["--config-file", args.config_file]))
     out = os.path.abspath(cfg.OUTPUT_DIR)
-
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    results = trainer.train()  # evaluates on DATASETS.TEST at the end
+    # The demo starts over each time: an earlier demo's files are moved aside (said), never trained over.
+    with claim_output_dir(out, "OUTPUT_DIR", resume=False, restart=True):
+        default_setup(cfg, default_argument_parser().parse_args(["--config-file", args.config_file]))
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        results = trainer.train()  # evaluates on DATASETS.TEST at the end
     train_minutes = (time.time() - start) / 60
 
     series = read_metrics(os.path.join(out, "metrics.json"))

@@ -86,8 +86,9 @@ def plan(args) -> Tuple[Dict[str, List[str]], Dict[str, str], str]:
     data, the seeds, the variants. Returns ({variant: overrides on the config and ``args.opts``}, {variant: hash of
     its config}, the test set's name).
     """
-    from ..data import check_datasets, register_from_args
+    from ..data import check_datasets, check_test_sets, register_from_args
     from ..engine import load_config
+    from ..engine.defaults import check_batch_size
     from ..engine.launch import check_output_dir
 
     if not args.config_file:
@@ -124,12 +125,14 @@ def plan(args) -> Tuple[Dict[str, List[str]], Dict[str, str], str]:
         register_from_args(args, cfg)  # --train-json ...: the datasets and NUM_CLASSES, as train_net.py sets them
         check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+        check_batch_size(cfg.SOLVER.IMS_PER_BATCH, args.num_gpus * args.num_machines, "SOLVER.IMS_PER_BATCH")
         if not cfg.DATASETS.TEST:
             raise ValueError("DATASETS.TEST is empty: the runs need a test set to compare on (or --test-json)")
         text = _config_text(cfg)
         if text in seen:
             raise ValueError(f"--variant {name} changes nothing: it trains the config of {seen[text]}")
         seen[text], configs[name] = name, hashlib.sha256(text.encode()).hexdigest()[:16]
+    check_test_sets(cfg.DATASETS.TEST, "DATASETS.TEST")  # last: it loads them
     check_output_dir(args.out, "--out")
     return variants, configs, "+".join(cfg.DATASETS.TEST)
 

@@ -23,7 +23,8 @@ def read_metrics(path: str) -> Series:
     """
     ``{scalar name: [(iteration, value), ...]}`` from a ``metrics.json`` (one JSON object a line).
     A resumed run writes some iterations twice: the last value wins. Unreadable lines are skipped
-    (:func:`read_metrics_counted` also says how many).
+    (:func:`read_metrics_counted` also says how many); a line that is JSON but not an object (no
+    metrics.json of detectron2's) is a ValueError naming it.
     """
     return read_metrics_counted(path)[0]
 
@@ -33,7 +34,7 @@ def read_metrics_counted(path: str) -> Tuple[Series, int]:
     by_iter: Dict[str, Dict[int, float]] = {}
     skipped = 0
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
@@ -41,6 +42,9 @@ def read_metrics_counted(path: str) -> Tuple[Series, int]:
             except json.JSONDecodeError:
                 skipped += 1
                 continue
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number} is JSON but not an object ({line.strip()[:80]}): "
+                                 "detectron2's metrics.json has one object a line; is it a training run's?")
             it = row.get("iteration")
             if not isinstance(it, int):
                 continue
@@ -51,16 +55,31 @@ def read_metrics_counted(path: str) -> Tuple[Series, int]:
 
 
 def read_update_period(run_dir: str):
-    """``MODEL.DYNAMIC_RCNN.UPDATE_PERIOD`` of the run's ``config.yaml`` (detectron2 writes it), or None."""
+    """
+    ``MODEL.DYNAMIC_RCNN.UPDATE_PERIOD`` of the run's ``config.yaml`` (detectron2 writes it), or None
+    (no file, or no such key: a baseline's). A file that is not YAML, or not of mappings down to the
+    key, or a period that is not an integer >= 1, is a ValueError naming the file and what is wrong.
+    """
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return None
     import yaml
 
     with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    period = ((cfg.get("MODEL") or {}).get("DYNAMIC_RCNN") or {}).get("UPDATE_PERIOD")
-    return period if isinstance(period, int) and period >= 1 else None
+        try:
+            node = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+    for depth, key in enumerate(("MODEL", "DYNAMIC_RCNN", "UPDATE_PERIOD")):
+        if not isinstance(node, dict):
+            where = ".".join(("MODEL", "DYNAMIC_RCNN")[:depth])
+            raise ValueError(f"{path}: {f'{where} is' if where else 'the file holds'} {node!r}, not a mapping")
+        if node.get(key) is None:
+            return None
+        node = node[key]
+    if isinstance(node, bool) or not isinstance(node, int) or node < 1:
+        raise ValueError(f"{path}: MODEL.DYNAMIC_RCNN.UPDATE_PERIOD is {node!r}, not an integer >= 1")
+    return node
 
 
 def update_steps(values: List[Tuple[int, float]], update_period=None) -> List[Tuple[int, float]]:
@@ -165,16 +184,25 @@ def main(argv=None) -> int:
     if not os.path.isfile(metrics):
         print(f"error: {metrics} does not exist: give the OUTPUT_DIR of a training run", file=sys.stderr)
         return 2
-    series, skipped = read_metrics_counted(metrics)
+    try:
+        series, skipped = read_metrics_counted(metrics)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if skipped:
         print(f"note: skipped {skipped} unreadable line{'s' if skipped > 1 else ''} of {metrics} "
               "(a run cut off while writing?)")
     out = args.out or args.run_dir
     os.makedirs(out, exist_ok=True)
-    period = args.update_period or read_update_period(args.run_dir)
-    if period is None and any(k.endswith("dynamic_rcnn/iou_threshold") for k in series):
-        print(f"note: no UPDATE_PERIOD (no {args.run_dir}/config.yaml, no --update-period): each update "
-              "is drawn at the first logged iteration after it")
+    try:
+        period = args.update_period or read_update_period(args.run_dir)
+    except ValueError as e:
+        period = None
+        print(f"note: {e}: each update is drawn at the first logged iteration after it (or give --update-period)")
+    else:
+        if period is None and any(k.endswith("dynamic_rcnn/iou_threshold") for k in series):
+            print(f"note: no UPDATE_PERIOD (no {args.run_dir}/config.yaml, no --update-period): each update "
+                  "is drawn at the first logged iteration after it")
     drawn = {
         "dynamics.png": lambda path: plot_dynamics(series, path, period),
         "losses.png": lambda path: plot_losses(series, path),
