@@ -87,11 +87,14 @@ def main(args):
 
 def argument_parser():
     parser = add_restart_option(default_argument_parser())
-    group = parser.add_argument_group("your own COCO-format data (registered as user_train / user_test)")
+    group = parser.add_argument_group("your own COCO-format or VOC-layout data (registered as user_train / user_test)")
     group.add_argument("--train-json", help="COCO instances json of the training set")
     group.add_argument("--train-images", help="folder of the training images")
     group.add_argument("--test-json", help="COCO instances json of the evaluation set")
     group.add_argument("--test-images", help="folder of the evaluation images")
+    group.add_argument("--train-voc", metavar="FOLDER[:SPLIT]", help="a VOC layout folder and its split (default train); "
+                       "its classes: those its XML files name")
+    group.add_argument("--test-voc", metavar="FOLDER[:SPLIT]", help="a VOC layout folder and its split (default test)")
     return parser
 
 

@@ -658,3 +658,37 @@ def test_check_test_sets_says_in_one_line_when_no_test_image_is_left(tmp_path):
         "DATASETS.TEST: the test set 'test_sets_gone' has no image left to evaluate on. What the loading found: "
         "test_sets_gone: 0 images, 0 boxes; mended or dropped: 2 missing image files (1.png, 2.png). Check that "
         f"its images are in {tmp_path}, under the names its annotations give, and that they are images")
+
+
+def test_a_voc_folder_from_the_command_line_is_registered_with_the_classes_its_files_name(tmp_path):
+    """train_net.py --train-voc FOLDER[:SPLIT] --test-voc FOLDER: both splits with the train split's classes."""
+    from types import SimpleNamespace
+
+    from detectron2.data import DatasetCatalog
+
+    from dynamic_rcnn.data import register_from_args
+
+    from conftest import tiny_cfg
+
+    root = tmp_path / "voc"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(root / d)
+    for i, names in enumerate([("zebra", "ant"), ("ant",), ("moth",)]):
+        cv2.imwrite(str(root / "JPEGImages" / f"v{i}.jpg"), np.zeros((40, 40, 3), np.uint8))
+        objects = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>5</xmin><ymin>5</ymin>"
+                          f"<xmax>30</xmax><ymax>30</ymax></bndbox></object>" for n in names)
+        (root / "Annotations" / f"v{i}.xml").write_text(f"<annotation><size><width>40</width><height>40</height>"
+                                                        f"</size>{objects}</annotation>")
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("v0\nv1\n")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("v2\n")
+    cfg = tiny_cfg()
+    args = SimpleNamespace(train_voc=f"{root}:trainval", test_voc=str(root), opts=[])
+    note = register_from_args(args, cfg)
+    assert cfg.DATASETS.TRAIN == ("user_train",) and cfg.DATASETS.TEST == ("user_test",)
+    assert MetadataCatalog.get("user_test").thing_classes == ["ant", "zebra"]  # the train split's, sorted
+    assert note.startswith("MODEL.ROI_HEADS.NUM_CLASSES = 2") and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 2
+    assert len(DatasetCatalog.get("user_train")) == 2 and len(DatasetCatalog.get("user_test")) == 1
+    with pytest.raises(ValueError, match="has no split file .*val.txt"):
+        register_from_args(SimpleNamespace(train_voc=f"{root}:val", opts=[]), tiny_cfg())
+    with pytest.raises(ValueError, match="--train-voc and --train-json/--train-images are two ways"):
+        register_from_args(SimpleNamespace(train_voc=str(root), train_json="a.json", opts=[]), tiny_cfg())

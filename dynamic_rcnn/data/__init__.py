@@ -12,7 +12,7 @@ from .coco import load_coco_instances, read_coco_json, register_coco
 from .prepared import PREPARED, prepared_root, register_prepared
 from .sanitize import DropLog, image_file_size, loaded_summary, sanitize_dataset_dicts
 from .shapes import SHAPES_CLASSES, generate_shapes_image, load_shapes, register_shapes
-from .voc import BCCD_CLASSES, load_voc_instances, register_voc
+from .voc import BCCD_CLASSES, load_voc_instances, register_voc, voc_class_names
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -96,17 +96,39 @@ def _differences(train: dict, test: dict, train_json: str, test_json: str) -> st
 
 def register_from_args(args, cfg) -> Optional[str]:
     """
-    ``--train-json/--train-images`` and ``--test-json/--test-images`` of ``train_net.py``: register
-    the pairs as ``user_train`` / ``user_test`` and use them as ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
+    ``--train-json/--train-images`` and ``--test-json/--test-images`` of ``train_net.py`` (or a VOC layout
+    folder, ``--train-voc/--test-voc FOLDER[:SPLIT]``, its classes those the train split's XML files name):
+    register them as ``user_train`` / ``user_test`` and use them as ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
     The categories of the train json (of the test json when only it is given) decide
     ``MODEL.ROI_HEADS.NUM_CLASSES``. Raises ValueError naming the files when the two jsons list other
     categories (names by id), or when the command line (``args.opts``) sets NUM_CLASSES to another
     number. Returns the note to log when NUM_CLASSES was changed from the config's, else None (the
     caller logs it: this runs before the logger is set up).
     """
-    given = {}
+    given, classes = {}, None
     for split, key in (("train", "TRAIN"), ("test", "TEST")):
         json_file, images = getattr(args, f"{split}_json", None), getattr(args, f"{split}_images", None)
+        voc = getattr(args, f"{split}_voc", None)
+        if voc:  # FOLDER[:SPLIT], a VOC layout folder; its classes are those the train split's XML files name
+            if json_file or images:
+                raise ValueError(f"--{split}-voc and --{split}-json/--{split}-images are two ways to give one set: "
+                                 "give one")
+            root, _, part = voc.partition(":") if not os.path.isdir(voc) else (voc, "", "")
+            if not os.path.isdir(root):
+                raise FileNotFoundError(f"{root} (given to --{split}-voc) is not a folder")
+            part = part or split
+            if classes is None:
+                train_voc = getattr(args, "train_voc", None) if split == "test" else None
+                classes = voc_class_names(*((train_voc.partition(":")[0], train_voc.partition(":")[2] or "train")
+                                            if train_voc else (root, part)))
+            name = f"user_{split}"
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+            register_voc(name, root, part, classes)
+            cfg.DATASETS[key] = (name,)
+            given[split] = (f"{voc} (VOC)", dict(enumerate(classes)))
+            continue
         if not json_file and not images:
             continue
         if not (json_file and images):
@@ -140,7 +162,7 @@ def register_from_args(args, cfg) -> Optional[str]:
     if "MODEL.ROI_HEADS.NUM_CLASSES" in opts[::2] and cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(categories):
         n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         raise ValueError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {n} on the command line, but --{split}-json {json_file} has "
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {n} on the command line, but --{split}-json/voc {json_file} has "
             f"{len(categories)} categories, which decide it: drop MODEL.ROI_HEADS.NUM_CLASSES from the command "
             f"line (or list {n} categories in the json)"
         )

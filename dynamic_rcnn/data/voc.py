@@ -156,6 +156,26 @@ def load_voc_instances(root: str, split, class_names: Sequence[str], name: str =
     return sanitize_dataset_dicts(dicts, name, len(class_names), dropped=dropped)
 
 
+def voc_class_names(root: str, split: str) -> List[str]:
+    """The class names (``<object><name>``) of the XML files of ``root``'s split ``split``, sorted; ValueError naming
+    the split file when it is missing or names no XML with an object."""
+    listed = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    if not os.path.isfile(listed):
+        raise ValueError(f"{root} has no split file {listed}: a VOC folder holds ImageSets/Main/<split>.txt, "
+                         "Annotations/ and JPEGImages/")
+    names = set()
+    with open(listed) as f:
+        for image_id in filter(None, (line.strip() for line in f)):
+            try:
+                tree = ET.parse(os.path.join(root, "Annotations", f"{image_id}.xml")).getroot()
+            except (OSError, ET.ParseError):
+                continue  # the loading counts it
+            names.update(n for n in (_text(obj, "name") for obj in tree.findall("object")) if n)
+    if not names:
+        raise ValueError(f"{listed}: no XML of its ids in {os.path.join(root, 'Annotations')} names an object")
+    return sorted(names)
+
+
 def register_voc(name: str, root: str, split, class_names: Sequence[str]) -> None:
     """
     Register a VOC layout folder's split (or sequence of splits) as ``name``, evaluated with COCO-style

@@ -33,7 +33,7 @@ __all__ = ["main", "parse_args", "plan"]
 HEADS = {"StandardROIHeads": "DynamicROIHeads", "CascadeROIHeads": "DynamicCascadeROIHeads"}
 REFERENCE, DYNAMIC = "reference", "dynamic"
 SAID = {DYNAMIC: "Dynamic R-CNN"}
-DATA = ("train_json", "train_images", "test_json", "test_images")
+DATA = ("train_json", "train_images", "test_json", "test_images", "train_voc", "test_voc")
 
 
 def argument_parser():
@@ -56,7 +56,7 @@ def argument_parser():
     launch.add_argument("--num-machines", type=int, default=1)
     launch.add_argument("--machine-rank", type=int, default=0)
     launch.add_argument("--dist-url", default="auto")
-    data = parser.add_argument_group("your own COCO-format data, as train_net.py takes it")
+    data = parser.add_argument_group("your own COCO-format or VOC-layout data, as train_net.py takes it")
     for name in DATA:
         data.add_argument("--" + name.replace("_", "-"), help=name.replace("_", " "))
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides for every run")
