@@ -6,25 +6,28 @@
 # 1. the environment (GPU, torch, detectron2) -> OUT_DIR/env.txt
 # 2. the overhead benchmark, the GPU to itself: the presets (single head, cascade), and the tiny one's
 #    control (the standard head against itself) -> OUT_DIR/overhead_{tiny,tiny-control,tiny-cascade,r50-coco}.txt
-# 3. the accuracy matrix (benchmarks/accuracy.py: shapes and BCCD x $VARIANTS x $SEEDS) at each of
-#    the SCHEDULES (default "3 4": times the configs' iterations; does the Dynamic gain grow with
-#    training?), PARALLEL_RUNS training processes at a time on the one GPU, stopped after
+# 3. the accuracy matrix (benchmarks/accuracy.py: $DATASETS x $VARIANTS x $SEEDS) at each of the
+#    SCHEDULES (default "1": the configs' iterations; "3 4": does the gain grow with training?); by default
+#    the no-tuning matrix of issue 28 (the five data sets; detectron2's heads, today's defaults, the automatic
+#    K), PARALLEL_RUNS training processes at a time on the one GPU, stopped after
 #    ACCURACY_SECONDS. Each run that ends writes its result file into OUT_DIR/results (the layout of
 #    benchmarks/results/accuracy: copy them there to add them to the report); OUT_DIR/accuracy.md is
 #    the report of those that finished. A later call with the same OUT_DIR skips the recorded runs.
 #    PARALLEL_RUNS=0 skips the matrix.
 #
 # Python is $PYTHON (default python3); torch, detectron2 and the packages of setup.cfg must import.
-# DYNAMIC_RCNN_DATASETS must name the folder that holds BCCD/. VARIANTS and SEEDS choose the matrix,
-# e.g. VARIANTS="baseline_cascade dynamic_cascade_ki22" for the cascade's.
+# DYNAMIC_RCNN_DATASETS must name the folder that holds BCCD/ and the data sets tools/prepare_datasets.py makes
+# (kangaroo/, pear640/, cells/). DATASETS, VARIANTS and SEEDS choose the matrix, e.g.
+# DATASETS="shapes bccd" VARIANTS="baseline_d2 dynamic_no_gt_ke20" SEEDS="0 1 2 3" for the stock comparison.
 set -uo pipefail
 
 OUT=${1:?usage: gpu_session.sh OUT_DIR [PARALLEL_RUNS] [ACCURACY_SECONDS] [SCHEDULES]}
 PARALLEL=${2:-10}
 ACC_SECONDS=${3:-1800}
-SCHEDULES=${4:-"3 4"}
-VARIANTS=${VARIANTS:-"baseline_d2 dynamic_no_gt_ke20 dynamic_no_gt_ke20_nms70"}
-SEEDS=${SEEDS:-"0 1 2 3"}
+SCHEDULES=${4:-"1"}
+DATASETS=${DATASETS:-"shapes bccd kangaroo pear640 cells"}
+VARIANTS=${VARIANTS:-"baseline_d2 defaults_nms70 auto_nms70 baseline_cascade dynamic_cascade_ki22 auto_cascade"}
+SEEDS=${SEEDS:-"0 1 2 3 4 5 6 7"}
 PY=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
@@ -59,10 +62,13 @@ if [ "$PARALLEL" = 0 ]; then stamp "done (no accuracy matrix)"; exit 0; fi
 stamp "accuracy matrix, $PARALLEL runs at a time, for at most $ACC_SECONDS s"
 # The shapes images are generated once here, before the runs share the cache.
 "$PY" -c "from detectron2.data import DatasetCatalog; import dynamic_rcnn.data; [DatasetCatalog.get(n) for n in ('shapes_train', 'shapes_val', 'bccd_train', 'bccd_valtest')]"
+for d in $DATASETS; do case $d in kangaroo|pear640|cells)
+    [ -f "${DYNAMIC_RCNN_DATASETS:-datasets}/$d/train.json" ] || { stamp "no $d in \$DYNAMIC_RCNN_DATASETS: make it with tools/prepare_datasets.py"; exit 1; };;
+esac; done
 jobs_file=$(mktemp)
 for schedule in $SCHEDULES; do
     for seed in $SEEDS; do
-        for dataset in shapes bccd; do
+        for dataset in $DATASETS; do
             for variant in $VARIANTS; do
                 echo "$dataset $variant $seed $schedule" >> "$jobs_file"
             done
@@ -87,7 +93,7 @@ while kill -0 "$group" 2>/dev/null; do
 done
 wait "$group" 2>/dev/null
 stamp "accuracy: $(( SECONDS - start )) s"
-"$PY" benchmarks/accuracy.py --report --schedule $SCHEDULES --variants $VARIANTS --seeds $SEEDS --results "$RESULTS" \
+"$PY" benchmarks/accuracy.py --report --datasets $DATASETS --schedule $SCHEDULES --variants $VARIANTS --seeds $SEEDS --results "$RESULTS" \
     --reference baseline_d2 > "$OUT/accuracy.md"
 cat "$OUT/accuracy.md"
 stamp "done"
