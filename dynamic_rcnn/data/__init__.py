@@ -127,7 +127,7 @@ def register_from_args(args, cfg) -> Optional[str]:
                 MetadataCatalog.remove(name)
             register_voc(name, root, part, classes)
             cfg.DATASETS[key] = (name,)
-            given[split] = (f"{voc} (VOC)", dict(enumerate(classes)))
+            given[split] = (voc, dict(enumerate(classes)), "voc")
             continue
         if not json_file and not images:
             continue
@@ -145,24 +145,24 @@ def register_from_args(args, cfg) -> Optional[str]:
         except ValueError as e:  # the message names the file; say which option gave it
             raise ValueError(f"--{split}-json {e}") from None
         cfg.DATASETS[key] = (name,)
-        given[split] = (json_file, _categories(name))
+        given[split] = (json_file, _categories(name), "json")
     if not given:
         return None
     if len(given) == 2 and given["train"][1] != given["test"][1]:
         # The model's class k is the train json's k-th id: scored against other ids, AP is wrong.
-        (train_json, train), (test_json, test) = given["train"], given["test"]
+        (train_json, train, rk), (test_json, test, tk) = given["train"], given["test"]
         raise ValueError(
-            f"--test-json {test_json} and --train-json {train_json} list other categories (the model learns those "
-            f"of --train-json): {_differences(train, test, train_json, test_json)}. Give both files the same "
+            f"--test-{tk} {test_json} and --train-{rk} {train_json} list other categories (the model learns those "
+            f"of --train-{rk}): {_differences(train, test, train_json, test_json)}. Give both files the same "
             "categories (ids and names)"
         )
     split = "train" if "train" in given else "test"
-    json_file, categories = given[split]
+    json_file, categories, kind = given[split]
     opts = list(getattr(args, "opts", None) or [])
     if "MODEL.ROI_HEADS.NUM_CLASSES" in opts[::2] and cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(categories):
         n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         raise ValueError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {n} on the command line, but --{split}-json/voc {json_file} has "
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {n} on the command line, but --{split}-{kind} {json_file} has "
             f"{len(categories)} categories, which decide it: drop MODEL.ROI_HEADS.NUM_CLASSES from the command "
             f"line (or list {n} categories in the json)"
         )
