@@ -194,3 +194,13 @@ def test_two_variants_two_seeds_end_to_end_with_train_net(tmp_path):
     record = json.loads((out / "results" / "dynamic" / "seed1.json").read_text())
     assert record["iterations"] == 4 and "dynamic_rcnn/iou_threshold" in record["curves"]
     assert "Dynamic R-CNN: " in (out / "report.md").read_text() and "against reference" in proc.stdout
+
+
+def test_ctrl_c_is_one_line_saying_what_is_recorded_and_how_to_go_on(fake, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paired, "run_all", interrupted)
+    with pytest.raises(SystemExit, match=r"^error: interrupted \(Ctrl-C\) with 0 of 4 runs recorded; the same command "
+                                         "goes on"):
+        run(fake, seeds=("0", "1"))

@@ -219,6 +219,10 @@ def main(argv=None) -> int:
                        say=lambda s: print(f"compare: {s}", flush=True), every=args.every)
     except RuntimeError as e:
         failed = e
+    except KeyboardInterrupt:  # the runs got the Ctrl-C too: a cut run is started again, never half-counted
+        done = sum(os.path.isfile(r.result) for r in runs)
+        sys.exit(f"error: interrupted (Ctrl-C) with {done} of {len(runs)} runs recorded; the same command goes on "
+                 f"with the others, and --report makes the report of those recorded")
     print(make_report(args.out))
     if failed:
         sys.exit(f"error: {failed}; the same command runs them again")
