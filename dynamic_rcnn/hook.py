@@ -31,14 +31,18 @@ def add_dynamic_rcnn_hook(trainer) -> "DynamicRCNNHook":
     Put a :class:`DynamicRCNNHook` among the hooks of any detectron2 ``TrainerBase`` (``DefaultTrainer``,
     ``SimpleTrainer``, ``AMPTrainer``, your own) before its checkpointers, writers and evaluation, so that a
     checkpoint holds the state of the iteration it is written at and ``metrics.json`` the scalars in the row of
-    their iteration. Call it before ``resume_or_load``. Returns the hook; ValueError if the trainer has one.
+    their iteration; after it, ``engine.regime.RegimeCheck`` (a warning when the run is in a regime measured to lose).
+    Call it before ``resume_or_load``. Returns the hook; ValueError if the trainer has one.
     """
     if any(isinstance(h, DynamicRCNNHook) for h in trainer._hooks):
         raise ValueError("The trainer has a DynamicRCNNHook already (dynamic_rcnn's Trainer adds its own).")
     hook = DynamicRCNNHook()
     hook.trainer = weakref.proxy(trainer)  # what TrainerBase.register_hooks does, at the hook's own place
-    trainer._hooks.insert(next((i for i, h in enumerate(trainer._hooks) if isinstance(h, _READERS)),
-                               len(trainer._hooks)), hook)
+    at = next((i for i, h in enumerate(trainer._hooks) if isinstance(h, _READERS)), len(trainer._hooks))
+    from .engine.regime import RegimeCheck  # the harness's one-line warnings of regimes measured to lose
+
+    trainer._hooks[at:at] = [hook, RegimeCheck(hook)]
+    trainer._hooks[at + 1].trainer = hook.trainer
     return hook
 
 

@@ -116,6 +116,7 @@ class _DynamicStages:
             k_error.append(topk_of_image(t.beta_topk, len(g), self._proposals[i], 0.01))
         if not ious:
             return
+        t.counts = (len(ious), sum(appended), sum(k_iou), sum(k_error))  # what the statistics read (engine.regime)
         errors = box_errors(torch.cat(sources), torch.cat(matched), predictor.box2box_transform)
         stats = [iou_statistic(ious, k_iou), error_statistic(errors.split([len(s) for s in sources]), k_error, appended)]
         if all(s is not None for s in stats):  # None: every box was left out
