@@ -17,7 +17,8 @@ def test_ground_truth_at_half_of_k_i_is_named_with_its_numbers_and_keys():
     (kind, line), = regime_warnings([t], [sums(gt=8, k_iou=16)], first=True)
     assert kind == ("ground truth", 0)
     assert "1.0 objects an image are 50% of the K_I = 2 boxes" in line
-    assert "MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False" in line and "MODEL.DYNAMIC_RCNN.IOU_TOPK" in line
+    assert "Set MODEL.DYNAMIC_RCNN.STATS_INCLUDE_GT False, or MODEL.DYNAMIC_RCNN.IOU_TOPK and " \
+           "MODEL.DYNAMIC_RCNN.BETA_TOPK 0 (automatic" in line
     assert "K_E" not in line  # beta's statistic was not filled
     assert "\n" not in line
 
@@ -42,6 +43,15 @@ def test_no_warning_below_the_share_automatic_k_ground_truth_left_out_or_after_t
                            [at], True) == []
 
 
+def test_a_cascade_stage_is_told_its_list_keys():
+    keys = {a: f"MODEL.DYNAMIC_RCNN.CASCADE.{a.upper()} of stage 0 (by default something)"
+            for a in ("iou_topk", "beta_topk")}
+    stages = [DynamicTracker(iou_topk=22, stats_include_gt=True, keys=keys), DynamicTracker(), DynamicTracker()]
+    (_, line), = regime_warnings(stages, [sums(gt=11, k_iou=22)] + [sums(gt=0)] * 2, first=True)
+    assert "or MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK and MODEL.DYNAMIC_RCNN.CASCADE.BETA_TOPK [0, 0, 0] (automatic" \
+        in line
+
+
 def test_a_cascade_stage_past_the_next_is_named_at_any_update():
     keys = {"iou_topk": "MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK[1] (stage 1)"}
     stages = [DynamicTracker(warmup_iou=0.5), DynamicTracker(warmup_iou=0.6, keys=keys), DynamicTracker(warmup_iou=0.7)]
@@ -49,7 +59,7 @@ def test_a_cascade_stage_past_the_next_is_named_at_any_update():
     (kind, line), = regime_warnings(stages, [sums(gt=0)] * 3, first=False)
     assert kind == ("order", 1)
     assert "stage 1's IoU threshold 0.7300 is past stage 2's 0.7000" in line
-    assert "A larger MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK[1] (stage 1) reads a lower IoU" in line
+    assert "A larger MODEL.DYNAMIC_RCNN.CASCADE.IOU_TOPK[1] reads a lower IoU; [0, 0, 0] is automatic" in line
     stages[1].iou_threshold = 0.7  # equal is not past
     assert regime_warnings(stages, [sums(gt=0)] * 3, first=False) == []
 

@@ -27,6 +27,10 @@ def regime_warnings(trackers, sums: List[List[float]], first: bool) -> List[Tupl
     alone filled K_E]``, added up from the head's ``tracker.counts``.
     """
     lines = []
+    zero = "0" if len(trackers) == 1 else f"[{', '.join('0' * len(trackers))}]"  # automatic K, at every stage
+
+    def key(t, arg):  # the config key alone, without "of stage k (by default ...)"
+        return t.keys[arg].split(" ")[0].split("[")[0]
     for stage, (t, (iters, images, gt, k_iou, k_error, filled)) in enumerate(zip(trackers, sums) if first else ()):
         if not (t.stats_include_gt and iters and gt):
             continue
@@ -40,8 +44,9 @@ def regime_warnings(trackers, sums: List[List[float]], first: bool) -> List[Tupl
         if parts:
             lines.append((("ground truth", stage),
                           f"Dynamic R-CNN{t.stage}: the appended ground truth decides the statistics: "
-                          f"{'; '.join(parts)}; {_LOST}. Set {t.keys['stats_include_gt']} False, or "
-                          f"{t.keys['iou_topk']} and {t.keys['beta_topk']} 0 (automatic: at least 3 boxes an object)."))
+                          f"{'; '.join(parts)}; {_LOST}. Set {key(t, 'stats_include_gt')} False, or "
+                          f"{key(t, 'iou_topk')} and {key(t, 'beta_topk')} {zero} (automatic: at least 3 boxes an "
+                          "object)."))
     for k, (a, b) in enumerate(zip(trackers, trackers[1:])):
         if a.enable_dla and a.iou_threshold > b.iou_threshold:
             lines.append((("order", k),
@@ -49,8 +54,8 @@ def regime_warnings(trackers, sums: List[List[float]], first: bool) -> List[Tupl
                           f"{k + 1}'s {b.iou_threshold:.4f}: stage {k + 1} labels the boxes stage {k} refined more "
                           f"loosely than stage {k} labelled its own. Measured on BCCD in 7 of 72 runs: 3 with the "
                           "ground truth deciding the statistics (the defaults, -8.0 AP against detectron2's Cascade), "
-                          f"4 level with it (BENCHMARKS.md). A larger {a.keys['iou_topk']} reads a lower IoU; 0 is "
-                          "automatic."))
+                          f"4 level with it (BENCHMARKS.md). A larger {key(a, 'iou_topk')}[{k}] reads a lower IoU; "
+                          f"{zero} is automatic."))
     return lines
 
 
