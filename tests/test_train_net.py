@@ -418,6 +418,15 @@ def test_a_taken_port_of_dist_url_is_refused_before_launch_naming_the_option(tmp
     assert not (tmp_path / "out").exists()
 
 
+def as_a_terminal_job():
+    """``preexec_fn`` of a training the test presses Ctrl-C in: SIGINT as a terminal's foreground job has it. A test
+    session started in the background of a non-interactive shell (``make test &``) passes SIGINT on ignored, and a
+    Python started so never raises KeyboardInterrupt: the training would go on (seen in a fresh-clone run)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_training(cmd, out, timeout=600):
     """
     Start ``cmd`` (a training into ``out``) in a process group of its own, press Ctrl-C (SIGINT to the group, as a
@@ -429,7 +438,7 @@ def interrupt_training(cmd, out, timeout=600):
 
     with open(out.parent / "stdout.txt", "w") as stdout, open(out.parent / "stderr.txt", "w+") as stderr:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=stderr, text=True, start_new_session=True,
-                                env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                                env=dict(os.environ, PYTHONWARNINGS="ignore"), preexec_fn=as_a_terminal_job)
         start = time.time()
         while not (out / "last_checkpoint").is_file() and proc.poll() is None and time.time() - start < timeout:
             time.sleep(0.2)
@@ -476,7 +485,7 @@ def test_ctrl_c_is_one_line_with_the_iteration_the_intact_checkpoint_and_the_res
     # The folder is free again (the lock went with the run), and the command goes on after that checkpoint.
     tagged = (out / "last_checkpoint").read_text()
     proc = subprocess.Popen(resume, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_a_terminal_job)
     going_on = f"Starting training from iteration {int(tagged[len('model_'):-len('.pth')]) + 1}"
     try:
         for line in proc.stdout:
