@@ -79,8 +79,8 @@ VARIANTS = {
     # The package's defaults of version 0.3 (K_I 75, K_E 10, the appended ground truth counted) on the stock
     # model (NMS 0.7): what a user gets who switches MODEL.ROI_HEADS.NAME alone.
     "defaults_nms70": ("dynamic", PAPER + NMS70 + [_D + "IOU_TOPK", "75"]),
-    # The candidate rule of issue 28 (K automatic: max(3 x objects, 7.5 % / 1 % of the proposals) an image, the
-    # RPN's boxes only) on the stock model (NMS 0.7), and with the authors' NMS 0.85.
+    # The rule of issue 28, the package's defaults since 0.4 (K automatic: max(3 x objects, 7.5 % / 1 % of the
+    # proposals) an image, the RPN's boxes only) on the stock model (NMS 0.7), and with the authors' NMS 0.85.
     "auto_nms70": ("dynamic", PAPER + NMS70 + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False"]),
     "auto_nms85": ("dynamic", PAPER + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False"]),
     # Dynamic Label Assignment alone on the stock model: its L1 box loss (beta 0) and NMS 0.7.
@@ -88,7 +88,8 @@ VARIANTS = {
 }
 # Dynamic Cascade R-CNN with the first defaults of docs/CASCADE.md sized to these configs (K_I 7.5 % of the
 # 300 proposals, then of the 128 sampled boxes: 22 / 10 / 10; K_E 10; floors at Cascade's IoUs; beta from
-# 1.0), every key stated. They lost 9 AP on shapes; the defaults now are those of dynamic_cascade_ki22.
+# 1.0), every key stated. They lost 9 AP on shapes; 0.3's defaults were those of dynamic_cascade_ki22, 0.4's
+# those of auto_cascade.
 CASCADE_DEFAULTS = [_D + "UPDATE_PERIOD", "20", _D + "STATS_INCLUDE_GT", "True", _D + "CASCADE.IOU_TOPK", "[22, 10, 10]",
                     _D + "CASCADE.BETA_TOPK", "[10, 10, 10]", _D + "CASCADE.WARMUP_IOU", "[0.5, 0.6, 0.7]",
                     _D + "CASCADE.WARMUP_BETA", "[1.0, 1.0, 1.0]", _D + "CASCADE.ENABLE_DLA", "[True, True, True]",
@@ -130,7 +131,7 @@ VARIANTS.update({
     "dynamic_cascade_ki44_no_gt_ke20_dla_l1": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(44) + NO_GT_KE20_CASCADE + DLA_L1),
     "dynamic_cascade_ki44_no_gt_ke20_floor456": ("dynamic_cascade",
                                                  CASCADE_DEFAULTS + _ki(44) + NO_GT_KE20_CASCADE + FLOOR456),
-    # The candidate rule of issue 28 at every stage (each stage's K that of stage 0's proposals and objects).
+    # The rule of issue 28 at every stage (each stage's K that of stage 0's proposals and objects): 0.4's defaults.
     "auto_cascade": ("dynamic_cascade", CASCADE_DEFAULTS + _ki(0) + [_D + "CASCADE.BETA_TOPK", "[0, 0, 0]",
                                                                      _D + "STATS_INCLUDE_GT", "False"]),
 })

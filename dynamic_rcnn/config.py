@@ -10,7 +10,9 @@ __all__ = ["ConfigError", "add_dynamic_rcnn_config", "check_box_loss", "tracker_
 
 def add_dynamic_rcnn_config(cfg):
     """
-    Add ``MODEL.DYNAMIC_RCNN`` (the paper's defaults) to a detectron2 config, in place. The Dynamic heads take
+    Add ``MODEL.DYNAMIC_RCNN`` to a detectron2 config, in place: by default the automatic rule (K_I and K_E from
+    each image's objects and proposals, statistics over the RPN's proposals only); the paper's rule is IOU_TOPK 75,
+    BETA_TOPK 10, STATS_INCLUDE_GT True. The Dynamic heads take
     their thresholds and betas from these keys, not from ``MODEL.ROI_HEADS.IOU_THRESHOLDS`` (a cascade: its
     ``MODEL.ROI_BOX_CASCADE_HEAD.IOUS`` are the floors) nor ``MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA``.
     """
@@ -18,21 +20,21 @@ def add_dynamic_rcnn_config(cfg):
     _C.ENABLE_DLA = True  # Dynamic Label Assignment: the IoU threshold follows the proposals
     _C.ENABLE_DSL = True  # Dynamic SmoothL1 Loss: beta follows the regression errors
     # K_I: per image, the K_I-th largest IoU is the image's IoU statistic; K_E: per iteration, the (K_E x images)-th
-    # smallest error is the error statistic. 0: automatic, max(3 x the image's objects, 7.5 % (K_E: 1 %) of its
-    # RPN proposals): the paper's share of the proposals, at least 3 boxes an object.
-    _C.IOU_TOPK = 75
-    _C.BETA_TOPK = 10
+    # smallest error is the error statistic. 0 (default): automatic, max(3 x the image's objects, 7.5 % (K_E: 1 %)
+    # of its RPN proposals): the paper's share of the proposals, at least 3 boxes an object. The paper: 75 and 10.
+    _C.IOU_TOPK = 0
+    _C.BETA_TOPK = 0
     _C.UPDATE_PERIOD = 100  # C: iterations between two updates
     _C.WARMUP_IOU = 0.4  # the starting IoU threshold, and its floor
     _C.WARMUP_BETA = 1.0  # the starting beta, and its ceiling
     # Whether the ground truth appended to the proposals (MODEL.ROI_HEADS.PROPOSAL_APPEND_GT) counts in the
-    # statistics (IoU 1, error 0), as in the paper. On images with more objects than about half of IOU_TOPK it
-    # decides them alone: the threshold climbs to the top and beta never moves. False: the RPN's boxes only.
-    _C.STATS_INCLUDE_GT = True
+    # statistics (IoU 1, error 0). False (default): the RPN's boxes only. True, as in the paper: on images with more
+    # objects than about half of IOU_TOPK it decides them alone (the threshold climbs to the top, beta never moves).
+    _C.STATS_INCLUDE_GT = False
     # DynamicCascadeROIHeads: one value a stage, as MODEL.ROI_BOX_CASCADE_HEAD.IOUS, or [] for each stage's
     # default. UPDATE_PERIOD and STATS_INCLUDE_GT above are shared by the stages.
     _C.CASCADE = CN()
-    _C.CASCADE.IOU_TOPK = []  # []: 7.5 % (the paper's 75 of 1000) of MODEL.RPN.POST_NMS_TOPK_TRAIN at every stage
+    _C.CASCADE.IOU_TOPK = []  # []: IOU_TOPK
     _C.CASCADE.BETA_TOPK = []  # []: BETA_TOPK
     _C.CASCADE.WARMUP_IOU = []  # []: MODEL.ROI_BOX_CASCADE_HEAD.IOUS, so no stage trains below detectron2's Cascade
     _C.CASCADE.WARMUP_BETA = []  # []: WARMUP_BETA
@@ -52,9 +54,7 @@ def tracker_args(cfg, cascade: bool) -> List[Tuple[Dict, Dict[str, str]]]:
     if not cascade:
         return [(single, {})]
     ious = list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
-    defaults = {"iou_topk": ([max(1, round(0.075 * cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN))] * len(ious),
-                             "7.5 % of MODEL.RPN.POST_NMS_TOPK_TRAIN"),
-                "warmup_iou": (ious, "MODEL.ROI_BOX_CASCADE_HEAD.IOUS[{k}]")}
+    defaults = {"warmup_iou": (ious, "MODEL.ROI_BOX_CASCADE_HEAD.IOUS[{k}]")}
     stages = [(dict(single), {}) for _ in ious]
     for arg in ("iou_topk", "beta_topk", "warmup_iou", "warmup_beta", "enable_dla", "enable_dsl"):
         key = RULES[arg][0]

@@ -79,10 +79,10 @@ class DynamicTracker:
     are those of detectron2's head. Every argument is checked here, however the tracker is built.
     """
 
-    def __init__(self, *, iou_topk: int = 75, beta_topk: int = 10, update_period: int = 100, warmup_iou: float = 0.4,
+    def __init__(self, *, iou_topk: int = 0, beta_topk: int = 0, update_period: int = 100, warmup_iou: float = 0.4,
                  warmup_beta: float = 1.0, enable_dla: bool = True, enable_dsl: bool = True,
-                 stats_include_gt: bool = True, keys: Optional[Dict[str, str]] = None, **removed):
-        """The keys of ``MODEL.DYNAMIC_RCNN`` in lower case, the paper's defaults; ``keys``: each argument's config
+                 stats_include_gt: bool = False, keys: Optional[Dict[str, str]] = None, **removed):
+        """The keys of ``MODEL.DYNAMIC_RCNN`` in lower case, with its defaults; ``keys``: each argument's config
         key as messages name it (a cascade stage's), by default ``MODEL.DYNAMIC_RCNN.KEY``."""
         check_tracker_args(keys, iou_topk=iou_topk, beta_topk=beta_topk, update_period=update_period,
                            warmup_iou=warmup_iou, warmup_beta=warmup_beta, enable_dla=enable_dla,

@@ -51,12 +51,12 @@ def test_registered_with_one_tracker_a_stage_and_the_defaults_of_cascade_md():
     cfg = cascade_cfg()
     head = build_head(cfg)
     assert isinstance(head, CascadeROIHeads) and isinstance(head, DynamicCascadeROIHeads)
-    # Floors at Cascade's IoUs, ceilings WARMUP_BETA, K_I 7.5 % of the proposals (150) at every stage,
-    # K_E and C the single head's.
+    # Floors at Cascade's IoUs, ceilings WARMUP_BETA, K_I, K_E, C and the ground truth switch the single head's.
+    d = cfg.MODEL.DYNAMIC_RCNN
     assert [t.warmup_iou for t in head.trackers] == [0.5, 0.6, 0.7]
     assert [t.warmup_beta for t in head.trackers] == [1.0, 1.0, 1.0]
-    assert [t.iou_topk for t in head.trackers] == [11, 11, 11]
-    assert [t.beta_topk for t in head.trackers] == [cfg.MODEL.DYNAMIC_RCNN.BETA_TOPK] * 3
+    assert [(t.iou_topk, t.beta_topk, t.stats_include_gt) for t in head.trackers] == [
+        (d.IOU_TOPK, d.BETA_TOPK, d.STATS_INCLUDE_GT)] * 3
     assert [t.scope for t in head.trackers] == ["stage0", "stage1", "stage2"]
     assert head.proposal_matcher is head.proposal_matchers[0]
     assert [m.thresholds[1] for m in head.proposal_matchers] == [0.5, 0.6, 0.7]

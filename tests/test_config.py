@@ -8,15 +8,23 @@ from dynamic_rcnn.engine import validate_dynamic_rcnn_config
 from conftest import tiny_cfg
 
 
-def test_defaults_are_the_papers():
+def test_defaults_are_the_automatic_rule_and_the_trackers_own_defaults_agree():
+    """The paper's switches, C and warm-up; K_I and K_E automatic (0), statistics over the RPN's proposals only."""
+    from dynamic_rcnn import DynamicTracker
+    from dynamic_rcnn.config import tracker_args
+
     cfg = get_cfg()
     add_dynamic_rcnn_config(cfg)
     d = cfg.MODEL.DYNAMIC_RCNN
     assert (d.ENABLE_DLA, d.ENABLE_DSL, d.IOU_TOPK, d.BETA_TOPK, d.UPDATE_PERIOD, d.WARMUP_IOU, d.WARMUP_BETA) == (
-        True, True, 75, 10, 100, 0.4, 1.0,
+        True, True, 0, 0, 100, 0.4, 1.0,
     )
-    assert d.STATS_INCLUDE_GT is True  # the appended ground truth counts, as in the paper
+    assert d.STATS_INCLUDE_GT is False
     validate_dynamic_rcnn_config(cfg)
+    # A LazyConfig's DynamicTracker() without arguments is the same rule as the yacs defaults.
+    (args, _), = tracker_args(cfg, cascade=False)
+    t = DynamicTracker()
+    assert {a: getattr(t, a) for a in args} == args
 
 
 @pytest.mark.parametrize("key", ["STATS_INCLUDE_GT", "ENABLE_DLA", "ENABLE_DSL"])

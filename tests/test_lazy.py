@@ -95,8 +95,8 @@ def test_lazy_dynamic_cascades_are_their_stock_cascade_with_one_tracker_a_stage(
     heads, stock_heads = instantiate(cfg.model).roi_heads, instantiate(stock.model).roi_heads
     assert (type(heads).__name__, type(stock_heads).__name__) == ("DynamicCascadeROIHeads", "CascadeROIHeads")
     assert heads.mask_on == stock_heads.mask_on == mask_on and cfg.train.max_iter == stock.train.max_iter == schedule
-    assert [(t.iou_topk, t.warmup_iou, t.warmup_beta, t.beta_topk) for t in heads.trackers] == [
-        (150, 0.5, 1.0, 10), (150, 0.6, 1.0, 10), (150, 0.7, 1.0, 10)]
+    assert [(t.iou_topk, t.warmup_iou, t.warmup_beta, t.beta_topk, t.stats_include_gt) for t in heads.trackers] == [
+        (0, 0.5, 1.0, 0, False), (0, 0.6, 1.0, 0, False), (0, 0.7, 1.0, 0, False)]  # the automatic rule
     assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7]
 
 
