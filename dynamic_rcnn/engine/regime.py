@@ -45,15 +45,15 @@ def regime_warnings(trackers, sums: List[List[float]], first: bool) -> List[Tupl
             lines.append((("ground truth", stage),
                           f"Dynamic R-CNN{t.stage}: the appended ground truth decides the statistics: "
                           f"{'; '.join(parts)}; {_LOST}. Set {key(t, 'stats_include_gt')} False, or "
-                          f"{key(t, 'iou_topk')} and {key(t, 'beta_topk')} {zero} (automatic: at least 3 boxes an "
-                          "object)."))
+                          f"{key(t, 'iou_topk')} and {key(t, 'beta_topk')} {zero} (automatic, the defaults: at least 3 "
+                          "boxes an object)."))
     for k, (a, b) in enumerate(zip(trackers, trackers[1:])):
         if a.enable_dla and a.iou_threshold > b.iou_threshold:
             lines.append((("order", k),
                           f"Dynamic Cascade R-CNN: stage {k}'s IoU threshold {a.iou_threshold:.4f} is past stage "
                           f"{k + 1}'s {b.iou_threshold:.4f}: stage {k + 1} labels the boxes stage {k} refined more "
                           f"loosely than stage {k} labelled its own. Measured on BCCD in 7 of 72 runs: 3 with the "
-                          "ground truth deciding the statistics (the defaults, -8.0 AP against detectron2's Cascade), "
+                          "ground truth deciding the statistics (0.3's defaults, -8.0 AP against detectron2's Cascade), "
                           f"4 level with it (BENCHMARKS.md). A larger {key(a, 'iou_topk')}[{k}] reads a lower IoU; "
                           f"{zero} is automatic."))
     return lines
