@@ -6,6 +6,7 @@ with the same data, schedule and seeds for every variant (``--list`` prints them
     python benchmarks/accuracy.py --datasets shapes bccd --seeds 0 1 2 3 --variants baseline_d2 dynamic_no_gt_ke20 --jobs 2 --threads 1
     python benchmarks/accuracy.py --schedule 3 ...     # 3x the configs' iterations (steps scaled alike)
     python benchmarks/accuracy.py --report --datasets shapes --variants ... --seeds ... [--plot-dir docs]
+    python benchmarks/accuracy.py --versus auto_nms70:baseline_d2 auto_cascade:baseline_cascade --datasets ... --seeds ...
 
 Runs that survive a session's end: each run is ``train_net.py`` in its own process, trained in
 ``output/benchmarks/DATASET/VARIANT[_xN]/seedS``; when it ends, its numbers (every AP column, the
@@ -183,6 +184,37 @@ def paired_table(rows, reference=REFERENCE):
     return paired.paired_table(rows, reference)
 
 
+def versus_table(rows, pairs) -> str:
+    """
+    One row a data set, one column a ``variant:reference`` pair: the paired AP difference (mean ± standard error over
+    the seeds both have, their count in brackets; bold where the 95 % interval excludes 0). Data sets worst first, by
+    the worse of the first two columns' means.
+    """
+    diffs = {}
+    for pair in pairs:
+        variant, reference = pair.split(":")
+        for (dataset, v), cols in paired.paired_differences(rows, reference, columns=["AP"]).items():
+            if v == variant:
+                diffs[(dataset, pair)] = cols["AP"]
+
+    def cell(d):
+        if d is None:
+            return "-"
+        mean, se, n = d
+        text = paired.signed(mean) + ("" if se is None else f" ± {se:.1f}") + f" ({n})"
+        return f"**{text}**" if paired.resolved(mean, se, n) else text
+
+    datasets = list(dict.fromkeys(d for d, _ in diffs))
+    first = pairs[:2]
+    datasets.sort(key=lambda d: min([diffs[(d, p)][0] for p in first if (d, p) in diffs] or [float("inf")]))
+    head = ["data set"] + list(pairs)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in datasets:
+        row = [d] + [cell(diffs.get((d, p))) for p in pairs]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["shapes", "bccd"], choices=list(CONFIGS))
@@ -198,6 +230,8 @@ def main(argv=None):
     parser.add_argument("--report", action="store_true", help="no run: the report of the recorded results")
     parser.add_argument("--report-file", help="also write the report there")
     parser.add_argument("--list", action="store_true", help="print the variants and their overrides")
+    parser.add_argument("--versus", nargs="+", metavar="VARIANT:REFERENCE",
+                        help="no run: one table of paired AP differences, a data set a row, a pair a column")
     parser.add_argument("--plot-dir", help="also draw paired_differences.png and trajectories_DATASET.png there")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="overrides for every run")
     args = parser.parse_args(argv)
@@ -206,6 +240,14 @@ def main(argv=None):
             print(f"{name}: {kind} config {' '.join(opts)}")
         return 0
 
+    if args.versus:
+        bad = [p for p in args.versus if len(p.split(":")) != 2 or not set(p.split(":")) <= set(VARIANTS)]
+        if bad:
+            parser.error(f"--versus {' '.join(bad)}: give VARIANT:REFERENCE, both among --list's variants")
+        variants = list(dict.fromkeys(v for p in args.versus for v in p.split(":")))
+        keys = [(d, v, s, x) for x in args.schedule for d in args.datasets for v in variants for s in args.seeds]
+        print(versus_table(read_results(args.results, keys), args.versus))
+        return 0
     keys = [(d, v, s, x) for x in args.schedule for d in args.datasets for v in args.variants for s in args.seeds]
     if not args.report:
         # Seeds outermost: a matrix stopped half-way still has every variant of the first seeds.

@@ -87,6 +87,24 @@ def test_recorded_runs_are_skipped_and_the_report_is_made_from_the_files(tmp_pat
     assert (tmp_path / "plots" / "trajectories_shapes.png").is_file()
 
 
+def test_versus_prints_one_paired_ap_column_a_pair_worst_data_set_first(tmp_path, capsys):
+    accuracy = load()
+    results, _ = fake_runs(accuracy, tmp_path, [
+        ("shapes", "baseline_d2", 0, 30.0, 0.0), ("shapes", "baseline_d2", 1, 32.0, 0.0),
+        ("shapes", "dynamic", 0, 31.0, 0.6), ("shapes", "dynamic", 1, 35.0, 0.6),  # +1, +3: +2.0 ± 1.0
+        ("bccd", "baseline_d2", 0, 40.0, 0.0), ("bccd", "dynamic", 0, 39.0, 0.6),  # -1.0, one seed
+        ("shapes", "baseline_cascade", 0, 50.0, 0.0), ("shapes", "baseline_cascade", 1, 50.0, 0.0),
+        ("shapes", "auto_cascade", 0, 52.0, 0.6), ("shapes", "auto_cascade", 1, 52.0, 0.6)])  # +2, +2: resolved
+    assert accuracy.main(["--versus", "dynamic:baseline_d2", "auto_cascade:baseline_cascade", "--datasets", "shapes",
+                          "bccd", "--seeds", "0", "1", "--results", results]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert lines[0] == "| data set | dynamic:baseline_d2 | auto_cascade:baseline_cascade |"
+    assert lines[2:] == ["| bccd | -1.0 (1) | - |", "| shapes | +2.0 ± 1.0 (2) | **+2.0 ± 0.0 (2)** |"]
+    with pytest.raises(SystemExit):
+        accuracy.main(["--versus", "dynamic", "--results", results])
+    assert "--versus dynamic: give VARIANT:REFERENCE" in capsys.readouterr().err
+
+
 def test_the_trajectories_have_every_stage_of_a_cascade_and_stage_0_of_a_single_head(tmp_path):
     accuracy = load()
     curve = [[19, 0.5], [39, 0.6]]
