@@ -87,6 +87,8 @@ VARIANTS = {
     # training below detectron2's threshold, as the cascade's floors are Cascade's IoUs (kangaroo's T ends 0.46-0.48).
     "auto_nms70_floor50": ("dynamic", PAPER + NMS70 + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False",
                                                         _D + "WARMUP_IOU", "0.5"]),
+    "auto_nms85_floor50": ("dynamic", PAPER + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False",
+                                               _D + "WARMUP_IOU", "0.5"]),
     "auto_nms85": ("dynamic", PAPER + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False"]),
     # Dynamic Label Assignment alone on the stock model: its L1 box loss (beta 0) and NMS 0.7.
     "dla_l1_nms70": ("dynamic", PAPER + NO_GT_KE20 + NMS70 + [_D + "ENABLE_DSL", "False", _D + "WARMUP_BETA", "0.0"]),

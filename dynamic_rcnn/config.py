@@ -25,7 +25,9 @@ def add_dynamic_rcnn_config(cfg):
     _C.IOU_TOPK = 0
     _C.BETA_TOPK = 0
     _C.UPDATE_PERIOD = 100  # C: iterations between two updates
-    _C.WARMUP_IOU = 0.4  # the starting IoU threshold, and its floor
+    # The starting IoU threshold, and its floor: detectron2's 0.5 (MODEL.ROI_HEADS.IOU_THRESHOLDS), so the head never
+    # labels below the stock one, as the cascade's stages never below Cascade's IoUs. The paper: 0.4.
+    _C.WARMUP_IOU = 0.5
     _C.WARMUP_BETA = 1.0  # the starting beta, and its ceiling
     # Whether the ground truth appended to the proposals (MODEL.ROI_HEADS.PROPOSAL_APPEND_GT) counts in the
     # statistics (IoU 1, error 0). False (default): the RPN's boxes only. True, as in the paper: on images with more

@@ -79,7 +79,7 @@ class DynamicTracker:
     are those of detectron2's head. Every argument is checked here, however the tracker is built.
     """
 
-    def __init__(self, *, iou_topk: int = 0, beta_topk: int = 0, update_period: int = 100, warmup_iou: float = 0.4,
+    def __init__(self, *, iou_topk: int = 0, beta_topk: int = 0, update_period: int = 100, warmup_iou: float = 0.5,
                  warmup_beta: float = 1.0, enable_dla: bool = True, enable_dsl: bool = True,
                  stats_include_gt: bool = False, keys: Optional[Dict[str, str]] = None, **removed):
         """The keys of ``MODEL.DYNAMIC_RCNN`` in lower case, with its defaults; ``keys``: each argument's config

@@ -9,7 +9,8 @@ from conftest import tiny_cfg
 
 
 def test_defaults_are_the_automatic_rule_and_the_trackers_own_defaults_agree():
-    """The paper's switches, C and warm-up; K_I and K_E automatic (0), statistics over the RPN's proposals only."""
+    """The paper's switches, C and beta's warm-up; K_I and K_E automatic (0), statistics over the RPN's proposals only,
+    the threshold's floor detectron2's 0.5 (the paper's 0.4 trained below the stock head: issue 28)."""
     from dynamic_rcnn import DynamicTracker
     from dynamic_rcnn.config import tracker_args
 
@@ -17,9 +18,10 @@ def test_defaults_are_the_automatic_rule_and_the_trackers_own_defaults_agree():
     add_dynamic_rcnn_config(cfg)
     d = cfg.MODEL.DYNAMIC_RCNN
     assert (d.ENABLE_DLA, d.ENABLE_DSL, d.IOU_TOPK, d.BETA_TOPK, d.UPDATE_PERIOD, d.WARMUP_IOU, d.WARMUP_BETA) == (
-        True, True, 0, 0, 100, 0.4, 1.0,
+        True, True, 0, 0, 100, 0.5, 1.0,
     )
     assert d.STATS_INCLUDE_GT is False
+    assert d.WARMUP_IOU == cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]  # the floor: detectron2's stock threshold
     validate_dynamic_rcnn_config(cfg)
     # A LazyConfig's DynamicTracker() without arguments is the same rule as the yacs defaults.
     (args, _), = tracker_args(cfg, cascade=False)

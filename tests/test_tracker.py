@@ -152,7 +152,7 @@ def test_resume_uses_this_runs_switches_floor_and_ceiling():
 def test_resume_with_other_window_settings_warns_with_both_values():
     t = make(period=3)
     feed(t, [(0.7, 0.2), (0.6, 0.3)])
-    other = DynamicTracker(iou_topk=20, beta_topk=10, update_period=5)
+    other = DynamicTracker(iou_topk=20, beta_topk=10, update_period=5, warmup_iou=0.4)
     with logged_warnings() as messages:
         other.load_state_dict(t.state_dict())
     assert "IOU_TOPK 75 -> 20; MODEL.DYNAMIC_RCNN.UPDATE_PERIOD 3 -> 5" in messages[0]

@@ -27,7 +27,7 @@ model.roi_heads.mask_head = None
 dataloader.train.mapper.use_instance_mask = False
 
 # Dynamic R-CNN: the paper's settings (the package's defaults but for the paper's statistics: K_I 75, K_E 10,
-# the appended ground truth counted; 0, 0, False is the automatic rule). The head takes
+# the appended ground truth counted, the floor 0.4; 0, 0, False, 0.5 is the automatic rule). The head takes
 # its IoU threshold and SmoothL1 beta from the tracker; the Matcher's 0.5 is replaced by warmup_iou.
 model.roi_heads._target_ = DynamicROIHeads
 model.roi_heads.tracker = L(DynamicTracker)(
