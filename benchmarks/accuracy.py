@@ -55,6 +55,9 @@ PAPER = ["MODEL.RPN.NMS_THRESH", "0.85", _D + "STATS_INCLUDE_GT", "True", _D + "
          _D + "ENABLE_DLA", "True", _D + "ENABLE_DSL", "True"]
 NO_GT_KE20 = [_D + "STATS_INCLUDE_GT", "False", _D + "BETA_TOPK", "20"]
 NMS70 = ["MODEL.RPN.NMS_THRESH", "0.7"]
+# The automatic rule of issue 28 (K from the counts, the RPN's boxes only); FLOOR50: the single head's floor at 0.5.
+AUTO = [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False"]
+FLOOR50 = [_D + "WARMUP_IOU", "0.5"]
 # name -> (the config it starts from, overrides)
 VARIANTS = {
     # detectron2's stock head (IoU 0.5, L1 box loss, RPN NMS 0.7): what a detectron2 user trains.
@@ -82,14 +85,12 @@ VARIANTS = {
     "defaults_nms70": ("dynamic", PAPER + NMS70 + [_D + "IOU_TOPK", "75"]),
     # The rule of issue 28, the package's defaults since 0.4 (K automatic: max(3 x objects, 7.5 % / 1 % of the
     # proposals) an image, the RPN's boxes only) on the stock model (NMS 0.7), and with the authors' NMS 0.85.
-    "auto_nms70": ("dynamic", PAPER + NMS70 + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False"]),
+    "auto_nms70": ("dynamic", PAPER + NMS70 + AUTO),
     # ... with its floor (and starting threshold) at the stock head's IoU 0.5 instead of the paper's 0.4: no
     # training below detectron2's threshold, as the cascade's floors are Cascade's IoUs (kangaroo's T ends 0.46-0.48).
-    "auto_nms70_floor50": ("dynamic", PAPER + NMS70 + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False",
-                                                        _D + "WARMUP_IOU", "0.5"]),
-    "auto_nms85_floor50": ("dynamic", PAPER + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False",
-                                               _D + "WARMUP_IOU", "0.5"]),
-    "auto_nms85": ("dynamic", PAPER + [_D + "IOU_TOPK", "0", _D + "BETA_TOPK", "0", _D + "STATS_INCLUDE_GT", "False"]),
+    "auto_nms70_floor50": ("dynamic", PAPER + NMS70 + AUTO + FLOOR50),
+    "auto_nms85_floor50": ("dynamic", PAPER + AUTO + FLOOR50),
+    "auto_nms85": ("dynamic", PAPER + AUTO),
     # Dynamic Label Assignment alone on the stock model: its L1 box loss (beta 0) and NMS 0.7.
     "dla_l1_nms70": ("dynamic", PAPER + NO_GT_KE20 + NMS70 + [_D + "ENABLE_DSL", "False", _D + "WARMUP_BETA", "0.0"]),
 }
