@@ -219,6 +219,10 @@ def versus_table(rows, pairs) -> str:
     for d in datasets:
         row = [d] + [cell(diffs.get((d, p))) for p in pairs]
         lines.append("| " + " | ".join(row) + " |")
+    left = [f"{d} {v}:{reference} seed {s}" for pair in pairs for reference in [pair.split(":")[1]]
+            for d, v, s in paired.cross_machine(rows, reference) if v == pair.split(":")[0]]
+    if left:
+        lines += ["", "Not paired, the two runs on different machines (run both again on one): " + ", ".join(left) + "."]
     return "\n".join(lines)
 
 

@@ -100,6 +100,18 @@ def test_versus_prints_one_paired_ap_column_a_pair_worst_data_set_first(tmp_path
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert lines[0] == "| data set | dynamic:baseline_d2 | auto_cascade:baseline_cascade |"
     assert lines[2:] == ["| bccd | -1.0 (1) | - |", "| shapes | +2.0 ± 1.0 (2) | **+2.0 ± 0.0 (2)** |"]
+    # A run recorded on another machine than its partner is not paired, and the table says which.
+    path = accuracy.result_file(results, "shapes", "dynamic", 1)
+    with open(path) as f:
+        record = json.load(f)
+    with open(path, "w") as f:
+        json.dump(dict(record, machine="CPU: another (x86_64), 2 cores"), f)
+    assert accuracy.main(["--versus", "dynamic:baseline_d2", "--datasets", "shapes", "--seeds", "0", "1",
+                          "--results", results]) == 0
+    out = capsys.readouterr().out
+    assert "| shapes | +1.0 (1) |" in out
+    assert out.rstrip().endswith("Not paired, the two runs on different machines (run both again on one): "
+                                 "shapes dynamic:baseline_d2 seed 1.")
     with pytest.raises(SystemExit):
         accuracy.main(["--versus", "dynamic", "--results", results])
     assert "--versus dynamic: give VARIANT:REFERENCE" in capsys.readouterr().err

@@ -181,6 +181,22 @@ def test_the_statistics_of_the_report_are_those_worked_out_by_hand():
     assert paired.summary(some, "reference")[0].endswith("resolved: AP90 +2.3 ± 0.1.")
 
 
+def test_a_seed_whose_two_runs_ran_on_different_machines_is_not_a_pair():
+    # Differences 1, 2, 3, 4, but seed 3's variant ran on another CPU: its +4 is not paired (same seed, another
+    # model there), so the difference is over seeds 0-2 (mean 2.0), and the summary names the seed left out.
+    some = [(key, dict(r, machine="CPU: B" if key[1:3] == ("dynamic", 3) else "CPU: A"))
+            for key, r in rows([1, 2, 3, 4])]
+    assert paired.paired_differences(some, "reference")[("data", "dynamic")]["AP"][::2] == (2.0, 3)
+    assert paired.cross_machine(some, "reference") == [("data", "dynamic", 3)]
+    assert paired.summary(some, "reference")[-1] == (
+        "Not paired, their run and reference's on different machines (run both again on one): data dynamic seed 3.")
+    # A record that does not say its machine (made before they did) pairs with any.
+    older = [(key, {k: v for k, v in r.items() if k != "machine"} if key == ("data", "reference", 3, 1) else r)
+             for key, r in some]
+    assert paired.paired_differences(older, "reference")[("data", "dynamic")]["AP"][::2] == (2.5, 4)
+    assert paired.cross_machine(older, "reference") == []
+
+
 @pytest.mark.slow
 def test_two_variants_two_seeds_end_to_end_with_train_net(tmp_path):
     """Real training (the tiny model, 4 iterations a run) through the command as a user runs it."""

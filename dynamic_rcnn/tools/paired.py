@@ -22,9 +22,9 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-__all__ = ["COLUMNS", "Run", "T95", "cpu_model", "machine_description", "paired_differences", "paired_table",
-           "plot_paired", "plot_trajectories", "read_results", "record_run", "report", "resolved", "run_all",
-           "seeds_to_resolve", "summary", "trajectory_grid", "write_json"]
+__all__ = ["COLUMNS", "Run", "T95", "cpu_model", "cross_machine", "machine_description", "paired_differences",
+           "paired_table", "plot_paired", "plot_trajectories", "read_results", "record_run", "report", "resolved",
+           "run_all", "same_machine", "seeds_to_resolve", "summary", "trajectory_grid", "write_json"]
 
 COLUMNS = ["AP", "AP50", "AP60", "AP70", "AP80", "AP90"]
 KEPT = COLUMNS + ["APs", "APm", "APl"]
@@ -244,11 +244,30 @@ def variant_means(rows):
     return out
 
 
+def same_machine(a: dict, b: dict) -> bool:
+    """
+    Whether two runs' records name the same machine (or one names none): only then is a seed a pair. On another
+    CPU the same seed trains another model (BCCD's seed 0 of one config: 45.5 AP on an AMD EPYC, 45.1 on an Intel
+    Xeon), so a difference across machines is two unpaired runs, with their whole seed-to-seed spread.
+    """
+    ma, mb = a.get("machine"), b.get("machine")
+    return ma is None or mb is None or ma == mb
+
+
+def cross_machine(rows, reference) -> List[Tuple[str, str, int]]:
+    """``(dataset, variant name, seed)`` of every seed that :func:`paired_differences` leaves out because the variant's
+    run and ``reference``'s ran on different machines."""
+    by_key = {key: r for key, r in rows}
+    return [(d, name(v, x), s) for (d, v, s, x), r in rows
+            if v != reference and (d, reference, s, x) in by_key and not same_machine(r, by_key[(d, reference, s, x)])]
+
+
 def paired_differences(rows, reference, columns=COLUMNS):
     """
     ``{(dataset, variant name): {column: (mean, standard error, n)}}``: every variant minus ``reference`` over the
     seeds both have, at the same schedule, per column (a column is a key of the records, or ``task/metric`` of
-    their evaluation, e.g. ``bbox/AP-cat``).
+    their evaluation, e.g. ``bbox/AP-cat``). A seed whose two runs ran on different machines is not a pair and
+    is left out (:func:`cross_machine` lists them).
     """
     def value(r, c):
         task, _, metric = c.rpartition("/")
@@ -260,7 +279,8 @@ def paired_differences(rows, reference, columns=COLUMNS):
         if variant == reference:
             continue
         seeds = sorted(s for (d, v, s, x) in by_key if (d, v, x) == (dataset, variant, schedule)
-                       and (d, reference, s, x) in by_key)
+                       and (d, reference, s, x) in by_key
+                       and same_machine(by_key[(d, v, s, x)], by_key[(d, reference, s, x)]))
         cols = {}
         for c in columns:
             pairs = [(value(by_key[(dataset, variant, s, schedule)], c), value(by_key[(dataset, reference, s, schedule)], c))
@@ -315,7 +335,14 @@ def summary(rows, reference, variants_said: Optional[Dict[str, str]] = None) -> 
                        f"{n} seeds resolve here (about {t95(n - 1) * se:.1f} AP); about "
                        + ", ".join(f"{k} seeds would resolve {d:.1f} AP" if k else f"{d:.1f} AP needs over 200 seeds"
                                    for d, k in need) + also + ".")
-    return out
+    return out + [cross_machine_note(rows, reference)] * bool(cross_machine(rows, reference))
+
+
+def cross_machine_note(rows, reference) -> str:
+    """One sentence naming the seeds left out of the pairs because their two runs ran on different machines."""
+    left = cross_machine(rows, reference)
+    return (f"Not paired, their run and {reference}'s on different machines (run both again on one): "
+            + ", ".join(f"{d} {v} seed {s}" for d, v, s in left) + ".")
 
 
 def table(rows):
