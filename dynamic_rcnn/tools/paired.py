@@ -246,12 +246,16 @@ def variant_means(rows):
 
 def same_machine(a: dict, b: dict) -> bool:
     """
-    Whether two runs' records name the same machine (or one names none): only then is a seed a pair. On another
-    CPU the same seed trains another model (BCCD's seed 0 of one config: 45.5 AP on an AMD EPYC, 45.1 on an Intel
-    Xeon), so a difference across machines is two unpaired runs, with their whole seed-to-seed spread.
+    Whether two runs' records name the same machine (or one does not say which: no record of it, or a CPU without
+    its model, as the records made before the model was kept): only then is a seed a pair. On another CPU the same
+    seed trains another model (BCCD's seed 0 of one config: 45.5 AP on an AMD EPYC, 45.1 on an Intel Xeon), so a
+    difference across machines is two unpaired runs, with their whole seed-to-seed spread.
     """
+    def known(m):
+        return bool(m) and not re.fullmatch(r"CPU: [^()]*, \d+ cores", m)
+
     ma, mb = a.get("machine"), b.get("machine")
-    return ma is None or mb is None or ma == mb
+    return not (known(ma) and known(mb)) or ma == mb
 
 
 def cross_machine(rows, reference) -> List[Tuple[str, str, int]]:
