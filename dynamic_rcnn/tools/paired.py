@@ -339,14 +339,16 @@ def summary(rows, reference, variants_said: Optional[Dict[str, str]] = None) -> 
                        f"{n} seeds resolve here (about {t95(n - 1) * se:.1f} AP); about "
                        + ", ".join(f"{k} seeds would resolve {d:.1f} AP" if k else f"{d:.1f} AP needs over 200 seeds"
                                    for d, k in need) + also + ".")
-    return out + [cross_machine_note(rows, reference)] * bool(cross_machine(rows, reference))
+    note = cross_machine_note(rows, reference)
+    return out + [note] if note else out
 
 
 def cross_machine_note(rows, reference) -> str:
-    """One sentence naming the seeds left out of the pairs because their two runs ran on different machines."""
+    """One sentence naming the seeds left out of the pairs because their two runs ran on different machines
+    ("" when there are none)."""
     left = cross_machine(rows, reference)
     return (f"Not paired, their run and {reference}'s on different machines (run both again on one): "
-            + ", ".join(f"{d} {v} seed {s}" for d, v, s in left) + ".")
+            + ", ".join(f"{d} {v} seed {s}" for d, v, s in left) + ".") if left else ""
 
 
 def table(rows):
