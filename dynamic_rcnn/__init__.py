@@ -29,7 +29,7 @@ __all__ = [
     "add_dynamic_rcnn_config", "DynamicROIHeads", "DynamicCascadeROIHeads",
     "DynamicRCNNHook", "add_dynamic_rcnn_hook", "find_trackers", "DynamicTracker",
 ]
-__version__ = "0.5.1"
+__version__ = "0.5.2"
 
 # Names of the harness that earlier versions exported here: importable, loaded only when asked for.
 _HARNESS = {"Trainer": "engine", "DynamicRCNNMetricPrinter": "engine", "validate_dynamic_rcnn_config": "engine"}

@@ -111,7 +111,7 @@ def test_coco_configs_keep_the_papers_rule_and_the_small_data_configs_the_defaul
         cfg = load(name)
         assert (cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN, cfg.MODEL.RPN.NMS_THRESH) == (300, nms), name
     for data in ("shapes", "bccd", "kangaroo", "pear640", "cells"):
-        for head in ("rcnn", "cascade_rcnn") if data != "shapes" else ("rcnn",):
+        for head in ("rcnn", "cascade_rcnn"):
             d = load(f"{data}/dynamic_{head}_R_18_FPN_{data}.yaml").MODEL.DYNAMIC_RCNN
             assert (d.STATS_INCLUDE_GT, d.IOU_TOPK, d.BETA_TOPK, list(d.CASCADE.IOU_TOPK), d.WARMUP_IOU) == (
                 False, 0, 0, [], 0.5), data
@@ -124,8 +124,8 @@ def test_coco_configs_keep_the_papers_rule_and_the_small_data_configs_the_defaul
 def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(name):
     """
     One line switches a Cascade config to Dynamic Cascade, with the package's automatic rule at every stage (the
-    small-data ones also update every 20 iterations; shapes keeps the setting its release was trained with, the
-    defaults of 0.3: K_I 22 with the ground truth counted).
+    small-data ones also update every 20 iterations; since 0.5.2 shapes too, which stated 0.3's K_I 22 with the
+    ground truth counted before).
     """
     from dynamic_rcnn.config import tracker_args
 
@@ -134,16 +134,12 @@ def test_a_dynamic_cascade_config_is_its_stock_cascade_with_the_head_switched(na
     assert (dynamic.MODEL.ROI_HEADS.NAME, stock.MODEL.ROI_HEADS.NAME) == ("DynamicCascadeROIHeads", "CascadeROIHeads")
     stock.MODEL.ROI_HEADS.NAME = "DynamicCascadeROIHeads"
     stock.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD = dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD
-    shapes = name.startswith("shapes/")
-    d = stock.MODEL.DYNAMIC_RCNN
-    if shapes:
-        d.STATS_INCLUDE_GT, d.BETA_TOPK, d.CASCADE.IOU_TOPK = True, 10, [22, 22, 22]
     stock.OUTPUT_DIR = dynamic.OUTPUT_DIR
     assert dynamic == stock
     stages = [args for args, _ in tracker_args(dynamic, cascade=True)]
     coco = "R_50" in name
-    assert [s["iou_topk"] for s in stages] == ([22, 22, 22] if shapes else [0, 0, 0])
+    assert [s["iou_topk"] for s in stages] == [0, 0, 0]
     assert [s["warmup_iou"] for s in stages] == [0.5, 0.6, 0.7]
-    assert {s["beta_topk"] for s in stages} == {10 if shapes else 0}
-    assert {s["warmup_beta"] for s in stages} == {1.0} and {s["stats_include_gt"] for s in stages} == {shapes}
+    assert {s["beta_topk"] for s in stages} == {0}
+    assert {s["warmup_beta"] for s in stages} == {1.0} and {s["stats_include_gt"] for s in stages} == {False}
     assert dynamic.MODEL.DYNAMIC_RCNN.UPDATE_PERIOD == (100 if coco else 20)
